@@ -32,6 +32,7 @@ from seggpt_backend.model.seggpt import SegGpt
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo" / "weights"
 HF_FILES = {"BAAI/SegGPT": ("seggpt_vit_large.pth",)}
 HF_DEFAULT_FILES = ("config.json", "model.safetensors")
+_WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 
 class CheckpointError(ValueError):
@@ -216,6 +217,10 @@ def _resolve_hf(repo_id: str, download_dir: Path | None, timeout_s: float) -> Pa
                             fh.write(chunk)
                     partial.rename(target / name)
     except (httpx.HTTPError, CheckpointError) as exc:
+        for leftover in target.glob("*.part"):
+            leftover.unlink()
+        if not any(target.iterdir()):
+            target.rmdir()
         raise CheckpointError(
             f"cannot get weights {repo_id!r} from the Hugging Face hub ({exc}). Download them on a "
             f"machine with access (e.g. `huggingface-cli download {repo_id}`) and set SEGGPT_WEIGHTS "
@@ -233,13 +238,21 @@ def load_weights(spec: str, *, download_dir: Path | None = None, timeout_s: floa
         return _load_path(DEMO_DIR)
     if spec.startswith("random:"):
         name, _, seed = spec.removeprefix("random:").partition("@")
-        config = get_config(name)
+        try:
+            config = get_config(name)
+        except KeyError as exc:
+            raise CheckpointError(f"weights spec {spec!r}: {exc.args[0]}") from None
+        if not (seed or "0").isdigit():
+            raise CheckpointError(f"weights spec {spec!r}: the seed after '@' must be an integer")
         model = SegGpt(config)
         model.init_weights(generator=torch.Generator().manual_seed(int(seed or 0)))
         return LoadedWeights(dict(model.state_dict()), config, f"random-{name}-{seed or 0}")
     path = Path(spec).expanduser()
     if path.exists():
         return _load_path(path)
+    # "weights/model.pth" also fits the repo-id pattern; a weights suffix means a missing file.
+    if path.suffix in _WEIGHT_SUFFIXES or spec.startswith(("/", "./", "../", "~")):
+        raise CheckpointError(f"weights spec {spec!r}: no such file or directory ({path.resolve()})")
     if re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
         return _load_path(_resolve_hf(spec, download_dir, timeout_s))
     raise CheckpointError(
