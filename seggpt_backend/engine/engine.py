@@ -33,6 +33,7 @@ from seggpt_backend.engine.interface import (
 )
 from seggpt_backend.model.checkpoint import build_model
 from seggpt_backend.model.seggpt import SegGpt
+from seggpt_backend.model.tuning import tune_prompt
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,10 @@ class PromptSet:
     @property
     def k(self) -> int:
         return self.images.shape[0]
+
+    def __add__(self, other: PromptSet) -> PromptSet:
+        """Join two sets into one feature ensemble (e.g. a tuned prompt plus real examples)."""
+        return PromptSet(torch.cat([self.images, other.images]), torch.cat([self.targets, other.targets]))
 
 
 @dataclass(eq=False)
@@ -136,6 +141,38 @@ class SegGptEngine:
             torch.stack([P.preprocess_image(i, self.half_size) for i in images]),
             torch.stack([P.preprocess_target(m, self.half_size) for m in rgb]),
         )
+
+    def tune_prompt(
+        self,
+        init_image: np.ndarray,
+        init_mask: np.ndarray,
+        pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+        *,
+        steps: int = 100,
+        lr: float = 0.02,
+        batch_size: int = 4,
+        seg_type: SegType = "instance",
+        checkpointing: bool = False,
+    ) -> tuple[PromptSet, list[float]]:
+        """In-context tuning: a learned prompt (k = 1), initialised from ``init_image`` and
+        ``init_mask``, fitted to ``pairs`` of (image, mask) with the weights frozen. Returns the
+        prompt and the loss per step."""
+        init = self.prepare_prompts([init_image], [init_mask], ensemble="none")
+        prepared = [self.prepare_prompts([img], [msk], ensemble="none") for img, msk in pairs]
+        tuned = tune_prompt(
+            self.model,
+            init.images[0],
+            init.targets[0],
+            torch.cat([p.images for p in prepared]),
+            torch.cat([p.targets for p in prepared]),
+            steps=steps,
+            lr=lr,
+            batch_size=batch_size,
+            seg_type=seg_type,
+            autocast_dtype=self.autocast,
+            checkpointing=checkpointing,
+        )
+        return PromptSet(tuned.image[None], tuned.target[None]), tuned.losses
 
     # ----------------------------------------------------------------- low level
     def paint(
@@ -275,7 +312,7 @@ class SegGptEngine:
         self._run([g for _, _, g in jobs], seg_type)
         results: list[dict[str, MaskPrediction]] = [{} for _ in requests]
         for index, labels, group in jobs:
-            size = requests[index].query.shape[:2]
+            size = requests[index].output_size
             assert group.result is not None
             if len(labels) == 1:
                 decoded = {labels[0]: P.binary_from_painting(group.result, size)}

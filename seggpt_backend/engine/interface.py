@@ -42,10 +42,17 @@ class SegmentRequest:
     """One query image and, per label to predict, the examples chosen for that label (k >= 1).
 
     A label whose example list is empty is skipped by the engine (no prediction for it).
+    ``size`` is the ``(H, W)`` the masks are returned at; ``None`` means ``query.shape[:2]``.
+    Set it when ``query`` was decoded at reduced size (JPEG draft mode) from a larger original.
     """
 
     query: np.ndarray
     examples: Mapping[str, Sequence[Example]]
+    size: tuple[int, int] | None = None
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return self.size or (self.query.shape[0], self.query.shape[1])
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,0 +1,169 @@
+"""``seggpt-backend`` command line: ``segment`` (try SegGPT on files), ``serve``, ``worker``.
+
+Settings come from the environment (:class:`seggpt_backend.settings.Settings`); flags override.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from seggpt_backend.settings import Settings
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def _segment(args: argparse.Namespace, settings: Settings) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from seggpt_backend.engine import processing as P
+    from seggpt_backend.engine.engine import load_engine
+    from seggpt_backend.engine.images import ImageError, load_image, load_image_and_size
+    from seggpt_backend.model.checkpoint import CheckpointError
+
+    images, masks = [], []
+    try:
+        for image_path, mask_path in args.prompt:
+            image = load_image(image_path, target_size=None, max_pixels=settings.max_image_pixels)
+            mask = load_image(mask_path, target_size=None, max_pixels=settings.max_image_pixels)
+            if mask.shape[:2] != image.shape[:2]:
+                mask = np.asarray(Image.fromarray(mask).resize(image.shape[1::-1], Image.NEAREST))
+            images.append(image)
+            masks.append(mask)
+        engine = load_engine(args.weights or settings.seggpt_weights, device=args.device, dtype=args.dtype)
+    except (ImageError, CheckpointError) as exc:  # a bad prompt or weights spec: no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    masks, colours = _prompt_classes(masks)
+    prompts = engine.prepare_prompts(images, masks, ensemble=args.ensemble)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for query_path in args.queries:
+        try:
+            query, size = load_image_and_size(query_path, max_pixels=settings.max_image_pixels)
+        except ImageError as exc:
+            print(f"{query_path}: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        painting = engine.paint([query], prompts, seg_type=args.seg_type)[0]
+        stem = out_dir / Path(query_path).stem
+        if colours is None:
+            _, mask = P.binary_from_painting(painting, size)
+            Image.fromarray((mask * 255).astype(np.uint8)).save(f"{stem}.png")
+        else:
+            names = [str(i) for i in range(len(colours))]
+            decoded = P.palette_from_painting(painting, size, colours, names)
+            out = np.zeros((*size, 3), dtype=np.uint8)
+            for i, name in enumerate(names):
+                out[decoded[name][1]] = colours[i]
+            Image.fromarray(out).save(f"{stem}.png")
+        if args.save_soft:
+            np.save(f"{stem}.npy", P.resize_to(painting, size).permute(1, 2, 0).numpy())
+        print(f"{query_path} -> {stem}.png")
+    return 1 if failures else 0
+
+
+def _prompt_classes(masks: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """Turn the prompt mask files' ``(H, W, 3) uint8`` pixels into model prompts.
+
+    Grey masks (every pixel's channels within 48 levels, which covers JPEG noise and
+    anti-aliased edges) are binary: foreground above half of the brightest level, so 0/255
+    and 0/1 masks both work; returns ``(H, W) bool`` masks and ``None``. Colour masks are
+    multi-class: a colour is a class when it covers >= 0.2 % of the pixels and differs from
+    black and every more frequent class by > 48 (sum of ``|dRGB|``: above JPEG noise, below the
+    64 that separates VOC's class colours); every pixel is snapped to the nearest of black and
+    the classes. Returns the snapped masks and the ``(n, 3)`` class colours, or binary masks
+    when only one class remains.
+    """
+    import numpy as np
+
+    pixels = np.concatenate([m.reshape(-1, 3) for m in masks]).astype(np.int16)
+    if int((pixels.max(axis=1) - pixels.min(axis=1)).max()) <= 48:
+        grey = [m.astype(np.float32).mean(axis=2) for m in masks]
+        top = max(float(g.max()) for g in grey)
+        return [g > top / 2 if top > 0 else g > 0 for g in grey], None
+    values, counts = np.unique(pixels, axis=0, return_counts=True)
+    accepted = [np.zeros(3, np.int16)]
+    for i in np.argsort(-counts):
+        if counts[i] < 0.002 * len(pixels):
+            break
+        if all(np.abs(values[i] - c).sum() > 48 for c in accepted):
+            accepted.append(values[i])
+    refs = np.stack(accepted)  # (1 + n, 3), black first
+    snapped = []
+    for m in masks:
+        nearest = np.abs(m.astype(np.int16)[:, :, None, :] - refs).sum(axis=3).argmin(axis=2)
+        snapped.append(refs[nearest].astype(np.uint8))
+    if len(refs) <= 2:
+        return [s.any(axis=2) for s in snapped], None
+    return snapped, refs[1:].astype(np.uint8)
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from seggpt_backend.service.server import run_server
+
+    run_server(settings, host=args.host or settings.host, port=args.port or settings.port)
+    return 0
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.worker import run_worker
+
+    run_worker(settings, queues=args.queues)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seggpt-backend", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser("segment", help="segment query images from example image/mask pairs")
+    seg.add_argument("--weights", help="weights spec (default: $SEGGPT_WEIGHTS or 'demo')")
+    seg.add_argument(
+        "--prompt",
+        nargs=2,
+        action="append",
+        required=True,
+        metavar=("IMAGE", "MASK"),
+        help="an example (repeatable)",
+    )
+    seg.add_argument("--ensemble", choices=["feature", "spatial", "none"], default="feature")
+    seg.add_argument("--seg-type", choices=["instance", "semantic"], default="instance")
+    seg.add_argument("--out", required=True, help="output directory (one <query>.png per query)")
+    seg.add_argument(
+        "--save-soft", action="store_true", help="also save the 0-255 RGB painting as <query>.npy"
+    )
+    seg.add_argument("--device", default="auto")
+    seg.add_argument("--dtype", default="auto")
+    seg.add_argument("queries", nargs="+", metavar="QUERY")
+    seg.set_defaults(func=_segment)
+
+    srv = sub.add_parser("serve", help="run the Label Studio ML backend (HTTP)")
+    srv.add_argument("--host")
+    srv.add_argument("--port", type=int)
+    srv.set_defaults(func=_serve)
+
+    wrk = sub.add_parser("worker", help="run one GPU worker (needs REDIS_URL)")
+    wrk.add_argument("--queues", nargs="+", default=["interactive", "batch", "tune"])
+    wrk.set_defaults(func=_worker)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return args.func(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
