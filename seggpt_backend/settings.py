@@ -33,6 +33,7 @@ class Settings:
     multilabel: str = field(default="per-label", metadata={"env": "SEGGPT_MULTILABEL"})
     num_examples: int = field(default=4, metadata={"env": "SEGGPT_NUM_EXAMPLES"})
     example_selection: str = field(default="retrieval", metadata={"env": "SEGGPT_EXAMPLE_SELECTION"})
+    example_pool: int = field(default=64, metadata={"env": "SEGGPT_EXAMPLE_POOL"})
     split_components: bool = field(default=False, metadata={"env": "SEGGPT_SPLIT_COMPONENTS"})
     max_image_pixels: int = field(default=100_000_000, metadata={"env": "SEGGPT_MAX_IMAGE_PIXELS"})
 

@@ -1,0 +1,192 @@
+"""Label Studio results from engine masks, and the shared store of finished task results.
+
+Region format (what Label Studio accepts for BrushLabels)::
+
+    {"id": ..., "from_name": <BrushLabels name>, "to_name": <Image name>, "type": "brushlabels",
+     "original_width": W, "original_height": H, "image_rotation": 0,
+     "value": {"format": "rle", "rle": [...], "brushlabels": [label]}, "score": s}
+
+``W``/``H`` are the displayed (EXIF-corrected) image size, which is the size of the decoded query
+image, so the mask needs no further transform.
+
+Result store keys (under the KV prefix), for a task ``T`` of project ``P`` at model version ``V``:
+
+- ``res:P:V:T``  JSON ``{"result": [...], "score": s, "model_version": V}`` or ``{"error": msg}``
+- ``wb:P:V:T``   set by the server when it answered the task empty (budget exhausted): the job
+  must write the prediction back through the Label Studio API when it finishes
+- ``posted:P:V:T`` claim (SET NX) so a result is delivered exactly once: either in an HTTP
+  response or written back, never both
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from seggpt_backend.engine.interface import MaskPrediction
+from seggpt_backend.service import components
+from seggpt_backend.service.kv import KV
+
+RESULT_TTL_S = 7 * 24 * 3600  # computed results are reused across requests for a week
+ERROR_TTL_S = 600  # failures are remembered briefly so a retry later recomputes
+WRITEBACK_TTL_S = 24 * 3600
+
+
+def _region_id(task_id: int, from_name: str, label: str, index: int) -> str:
+    # Deterministic ids: recomputing a task (retry, second worker) yields identical regions.
+    return hashlib.sha1(f"{task_id}/{from_name}/{label}/{index}".encode()).hexdigest()[:10]
+
+
+def brush_region(
+    mask: np.ndarray,
+    *,
+    task_id: int,
+    label: str,
+    from_name: str,
+    to_name: str,
+    score: float,
+    index: int = 0,
+) -> dict[str, Any]:
+    """One ``brushlabels`` region for an ``(H, W) bool`` mask (``original_width`` = W, height = H)."""
+    from seggpt_backend.labelstudio import rle
+
+    height, width = mask.shape
+    return {
+        "id": _region_id(task_id, from_name, label, index),
+        "from_name": from_name,
+        "to_name": to_name,
+        "type": "brushlabels",
+        "original_width": int(width),
+        "original_height": int(height),
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": [int(v) for v in rle.encode(mask)], "brushlabels": [label]},
+        "score": round(float(score), 4),
+    }
+
+
+def regions_for_label(
+    prediction: MaskPrediction,
+    *,
+    task_id: int,
+    label: str,
+    from_name: str,
+    to_name: str,
+    split_components: bool,
+    mask: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """Regions for one label: one region, or one per connected component when ``split_components``.
+
+    ``mask`` overrides ``prediction.mask`` (e.g. after interactive refinement). A component's score
+    is the mean soft value inside it; the single region uses ``prediction.score`` unless the mask
+    was overridden, in which case it is recomputed the same way. Empty masks give no region.
+    """
+    final = prediction.mask if mask is None else mask
+    final = np.asarray(final, dtype=bool)
+    if not final.any():
+        return []
+    soft = np.asarray(prediction.soft, dtype=np.float32)
+    if soft.shape != final.shape:
+        soft = final.astype(np.float32)
+
+    def mean_soft(m: np.ndarray) -> float:
+        return float(np.clip(soft[m].mean(), 0.0, 1.0))
+
+    if not split_components:
+        score = prediction.score if mask is None else mean_soft(final)
+        return [
+            brush_region(
+                final, task_id=task_id, label=label, from_name=from_name, to_name=to_name, score=score
+            )
+        ]
+    return [
+        brush_region(
+            part,
+            task_id=task_id,
+            label=label,
+            from_name=from_name,
+            to_name=to_name,
+            score=mean_soft(part),
+            index=i,
+        )
+        for i, part in enumerate(components.split(final))
+    ]
+
+
+def prediction_entry(regions: Sequence[Mapping[str, Any]], model_version: str) -> dict[str, Any]:
+    """One task's prediction: regions plus the prediction-level score (mean region score, 0 if none)."""
+    scores = [float(r.get("score", 0.0)) for r in regions]
+    return {
+        "result": list(regions),
+        "score": round(sum(scores) / len(scores), 4) if scores else 0.0,
+        "model_version": model_version,
+    }
+
+
+class ResultStore:
+    """Finished task results keyed by project, model version and task id (see module docstring)."""
+
+    def __init__(self, kv: KV) -> None:
+        self.kv = kv
+
+    @staticmethod
+    def _key(kind: str, project: str, model_version: str, task_id: int) -> str:
+        return f"{kind}:{project}:{model_version}:{task_id}"
+
+    def put(self, project: str, model_version: str, task_id: int, entry: Mapping[str, Any]) -> None:
+        """Store a prediction entry (or ``{"error": msg}``, kept only briefly)."""
+        ttl = ERROR_TTL_S if "error" in entry else RESULT_TTL_S
+        self.kv.set(self._key("res", project, model_version, task_id), json.dumps(entry), ex=ttl)
+
+    def get_many(
+        self, project: str, model_version: str, task_ids: Sequence[int]
+    ) -> dict[int, dict[str, Any]]:
+        """Stored entries for the given tasks (tasks without one are absent from the dict)."""
+        raw = self.kv.mget([self._key("res", project, model_version, t) for t in task_ids])
+        return {t: json.loads(v) for t, v in zip(task_ids, raw, strict=True) if v is not None}
+
+    def forget(self, project: str, model_version: str, task_id: int) -> None:
+        """Drop a stored entry (used for stale failures before a retry)."""
+        self.kv.delete(self._key("res", project, model_version, task_id))
+
+    def request_writeback(self, project: str, model_version: str, task_id: int) -> None:
+        """Ask the job computing this task to write its prediction back to Label Studio."""
+        self.kv.set(self._key("wb", project, model_version, task_id), b"1", ex=WRITEBACK_TTL_S)
+
+    def writeback_requested(self, project: str, model_version: str, task_id: int) -> bool:
+        return self.kv.exists(self._key("wb", project, model_version, task_id))
+
+    def writeback_done(self, project: str, model_version: str, task_id: int) -> None:
+        """The prediction reached Label Studio: later requests may answer it directly again."""
+        self.kv.delete(self._key("wb", project, model_version, task_id))
+
+    def claim(self, project: str, model_version: str, task_id: int) -> bool:
+        """Atomically claim the right to deliver this result (True for exactly one caller)."""
+        return self.kv.set(
+            self._key("posted", project, model_version, task_id), b"1", ex=WRITEBACK_TTL_S, nx=True
+        )
+
+    def release(self, project: str, model_version: str, task_id: int) -> None:
+        """Give a claim back (delivery failed), so the result can be delivered later."""
+        self.kv.delete(self._key("posted", project, model_version, task_id))
+
+    # Interactive answers are per request, never cached under the model version.
+    def put_interactive(self, request_id: str, entry: Mapping[str, Any]) -> None:
+        self.kv.set(f"ires:{request_id}", json.dumps(entry), ex=ERROR_TTL_S)
+
+    def get_interactive(self, request_id: str) -> dict[str, Any] | None:
+        raw = self.kv.get(f"ires:{request_id}")
+        return None if raw is None else json.loads(raw)
+
+    def notify(self, channel: str, task_ids: Sequence[int | str]) -> None:
+        """Wake the HTTP request waiting on ``channel`` (a list it BLPOPs)."""
+        if task_ids:
+            self.kv.rpush(f"notify:{channel}", *[str(t) for t in task_ids])
+            self.kv.expire(f"notify:{channel}", ERROR_TTL_S)
+
+    def wait(self, channel: str, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a notification on ``channel``; True if one came."""
+        return self.kv.blpop(f"notify:{channel}", timeout) is not None

@@ -1,0 +1,218 @@
+"""Shared helpers for the service tests: real Redis namespaces, a loopback image server standing in
+for Label Studio's ``/data/upload`` files, Label Studio annotation builders, real worker processes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from seggpt_backend.labelstudio import rle
+
+REPO = Path(__file__).resolve().parents[1]
+CAPTURED = Path("/work/shared/reference/ls-captured")
+REDIS_URL = os.environ.get("REDIS_URL_TEST", "redis://127.0.0.1:6379").rstrip("/")
+TEST_DB = 11
+LABEL_CONFIG = (
+    '<View>\n  <Image name="image" value="$image" zoom="true"/>\n  <BrushLabels name="tag" toName="image">\n'
+    '    <Label value="Cat" background="#FF0000"/>\n    <Label value="Dog" background="#0000FF"/>\n'
+    "  </BrushLabels>\n</View>"
+)
+
+
+def captured(name: str) -> dict[str, Any]:
+    """The JSON body of a recorded Label Studio request (``ls-captured/<name>.json``)."""
+    return json.loads((CAPTURED / f"{name}.json").read_text())["json"]
+
+
+def redis_url(db: int = TEST_DB) -> str:
+    return f"{REDIS_URL}/{db}"
+
+
+def new_prefix() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def cleanup_redis(prefix: str, db: int = TEST_DB) -> None:
+    """Delete every key of a test namespace (ours and RQ's queue keys that embed the prefix)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url(db))
+    keys = list(client.scan_iter(match=f"*{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class ImageServer:
+    """Loopback HTTP server answering ``GET <path>`` from a dict (bytes), counting requests.
+
+    Stands in for Label Studio's upload storage; ``delay_s`` slows every answer (for budget tests).
+    """
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.hits: dict[str, int] = {}
+        self.delay_s = 0.0
+        self.posted: list[tuple[str, dict[str, Any]]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                path = self.path
+                server.hits[path] = server.hits.get(path, 0) + 1
+                if server.delay_s:
+                    time.sleep(server.delay_s)
+                body = server.files.get(path)
+                if body is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def add(self, path: str, data: bytes) -> str:
+        self.files[path] = data
+        return path
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def brush_result(
+    masks: Mapping[str, np.ndarray], *, from_name: str = "tag", to_name: str = "image"
+) -> list[dict]:
+    """Label Studio ``result`` with one brushlabels region per label."""
+    out = []
+    for i, (label, mask) in enumerate(masks.items()):
+        h, w = mask.shape
+        out.append(
+            {
+                "id": f"r{i}",
+                "from_name": from_name,
+                "to_name": to_name,
+                "type": "brushlabels",
+                "origin": "manual",
+                "original_width": w,
+                "original_height": h,
+                "image_rotation": 0,
+                "value": {"format": "rle", "rle": rle.encode(mask), "brushlabels": [label]},
+            }
+        )
+    return out
+
+
+def annotation_event(
+    action: str,
+    *,
+    project: int,
+    annotation_id: int,
+    task_id: int,
+    image_url: str,
+    masks: Mapping[str, np.ndarray],
+    updated_at: str = "2026-11-22T00:40:19.569997Z",
+    label_config: str = LABEL_CONFIG,
+) -> dict[str, Any]:
+    """An ANNOTATION_CREATED/UPDATED webhook body shaped like the captured one."""
+    body = captured("webhook_annotation_created")
+    body = json.loads(json.dumps(body))
+    body["action"] = action
+    body["project"]["id"] = project
+    body["project"]["label_config"] = label_config
+    body["annotation"].update(
+        {
+            "id": annotation_id,
+            "task": task_id,
+            "project": project,
+            "result": brush_result(masks),
+            "updated_at": updated_at,
+        }
+    )
+    body["task"].update({"id": task_id, "project": project, "data": {"image": image_url}})
+    return body
+
+
+def predict_body(project: int, tasks: list[tuple[int, str]], *, context: Any = None) -> dict[str, Any]:
+    """A /predict body shaped like the captured batch request."""
+    body = json.loads(json.dumps(captured("predict_batch")))
+    template = body["tasks"][0]
+    body["tasks"] = [
+        {**template, "id": tid, "project": project, "data": {"image": url}} for tid, url in tasks
+    ]
+    body["project"] = f"{project}.1795307990"
+    body["params"]["context"] = context
+    return body
+
+
+@contextmanager
+def worker_process(
+    env: Mapping[str, str], queues: str = "interactive,batch", *, log_path: Path | None = None
+) -> Iterator[subprocess.Popen]:
+    """A real worker process (``python -m workers.worker``) with ``SEGGPT_WEIGHTS=random:tiny``."""
+    full = {**os.environ, "SEGGPT_WEIGHTS": "random:tiny", "SEGGPT_DEVICE": "cpu", **env}
+    full["PYTHONPATH"] = str(REPO) + os.pathsep + full.get("PYTHONPATH", "")
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workers.worker", "--queues", queues],
+        cwd=REPO,
+        env=full,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if log_path:
+            out.close()  # type: ignore[union-attr]
+
+
+def wait_for(predicate: Any, timeout: float = 60.0, interval: float = 0.1) -> Any:
+    """Poll ``predicate()`` until truthy; returns its value or raises AssertionError."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")

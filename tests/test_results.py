@@ -1,0 +1,104 @@
+"""Brush regions in Label Studio's format, and the result store's exactly-once delivery."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from label_studio_sdk.converter.brush import decode_rle
+
+from seggpt_backend.engine.interface import MaskPrediction
+from seggpt_backend.service.kv import RedisKV
+from seggpt_backend.service.results import ResultStore, prediction_entry, regions_for_label
+from tests.service_support import cleanup_redis, new_prefix, redis_url
+
+
+def _prediction() -> MaskPrediction:
+    mask = np.zeros((30, 50), bool)
+    mask[2:10, 3:15] = True
+    mask[20:28, 30:45] = True
+    soft = np.where(mask, 0.8, 0.05).astype(np.float32)
+    soft[20:28, 30:45] = 0.6
+    return MaskPrediction(soft=soft, mask=mask, score=0.7)
+
+
+def test_single_region_matches_label_studio_format() -> None:
+    pred = _prediction()
+    (region,) = regions_for_label(
+        pred, task_id=3, label="Cat", from_name="tag", to_name="image", split_components=False
+    )
+    assert region["type"] == "brushlabels" and region["from_name"] == "tag" and region["to_name"] == "image"
+    assert (region["original_width"], region["original_height"]) == (50, 30)
+    assert region["value"]["format"] == "rle" and region["value"]["brushlabels"] == ["Cat"]
+    assert region["score"] == 0.7
+    decoded = decode_rle(region["value"]["rle"]).reshape(30, 50, 4)[:, :, 3]
+    assert np.array_equal(decoded > 0, pred.mask)
+    again = regions_for_label(
+        pred, task_id=3, label="Cat", from_name="tag", to_name="image", split_components=False
+    )
+    assert again[0]["id"] == region["id"]  # deterministic, so retries are idempotent
+
+
+def test_split_components_scores_each_part() -> None:
+    regions = regions_for_label(
+        _prediction(), task_id=3, label="Cat", from_name="tag", to_name="image", split_components=True
+    )
+    assert [r["score"] for r in regions] == [0.8, 0.6]
+    assert len({r["id"] for r in regions}) == 2
+
+
+def test_empty_mask_gives_no_region_and_override_rescores() -> None:
+    pred = _prediction()
+    assert (
+        regions_for_label(
+            MaskPrediction(pred.soft, np.zeros_like(pred.mask), 0.0),
+            task_id=1,
+            label="Cat",
+            from_name="tag",
+            to_name="image",
+            split_components=False,
+        )
+        == []
+    )
+    only_right = np.zeros_like(pred.mask)
+    only_right[20:28, 30:45] = True
+    (r,) = regions_for_label(
+        pred,
+        task_id=1,
+        label="Cat",
+        from_name="tag",
+        to_name="image",
+        split_components=False,
+        mask=only_right,
+    )
+    assert r["score"] == pytest.approx(0.6)
+
+
+def test_prediction_entry_scores() -> None:
+    assert prediction_entry([], "v1") == {"result": [], "score": 0.0, "model_version": "v1"}
+    e = prediction_entry([{"score": 0.5}, {"score": 1.0}], "v1")
+    assert e["score"] == 0.75 and e["model_version"] == "v1"
+
+
+def test_store_and_exactly_once_claims() -> None:
+    prefix = new_prefix()
+    store = ResultStore(RedisKV.from_url(redis_url(), prefix))
+    try:
+        store.put("1", "v", 5, {"result": [], "score": 0.0, "model_version": "v"})
+        store.put("1", "v", 6, {"error": "task 6: broken"})
+        assert store.get_many("1", "v", [5, 6, 7]) == {
+            5: {"result": [], "score": 0.0, "model_version": "v"},
+            6: {"error": "task 6: broken"},
+        }
+        assert store.get_many("1", "other", [5]) == {}
+        assert not store.writeback_requested("1", "v", 5)
+        store.request_writeback("1", "v", 5)
+        assert store.writeback_requested("1", "v", 5)
+        assert store.claim("1", "v", 5) and not store.claim("1", "v", 5)
+        store.release("1", "v", 5)
+        assert store.claim("1", "v", 5)
+        store.writeback_done("1", "v", 5)
+        assert not store.writeback_requested("1", "v", 5)
+        store.notify("chan", [5])
+        assert store.wait("chan", 1.0) and not store.wait("chan", 0.05)
+    finally:
+        cleanup_redis(prefix)
