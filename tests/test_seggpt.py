@@ -191,3 +191,14 @@ def test_flops_match_the_reference_count() -> None:
     cfg = get_config("vit-large")
     assert cfg.flops_per_prediction(decode_query_only=False) == pytest.approx(1.59e12, rel=0.01)
     assert cfg.flops_per_prediction() < cfg.flops_per_prediction(decode_query_only=False)
+
+
+def test_attention_implementations_agree() -> None:
+    cfg = get_config("tiny")
+    ours, _ = _models(cfg)
+    images, targets = _canvases(cfg, batch=2)
+    with torch.no_grad():
+        augmented = ours(images, targets)
+        ours.set_attention_impl("bias")
+        bias = ours(images, targets)
+    assert (augmented - bias).abs().max() <= 1e-4

@@ -41,22 +41,38 @@ def _relative_table(table: Tensor, size: int) -> Tensor:
 
 
 def _attention(
-    q: Tensor, k: Tensor, v: Tensor, rel_h: Tensor, rel_w: Tensor, grid: tuple[int, int]
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rel_h: Tensor,
+    rel_w: Tensor,
+    grid: tuple[int, int],
+    impl: str = "augmented",
 ) -> Tensor:
     """Softmax(q k^T / sqrt(d) + Rh[qh, kh] + Rw[qw, kw]) v for ``(B, heads, L, d)`` inputs.
 
-    ``rel_h[b, n, (qh, qw), kh] = q . table_h[qh - kh]`` (unscaled q, as the authors). Appending
-    ``rel_h`` and ``rel_w`` to the scaled ``q`` and matching one-hot codes of each key's row and
-    column to ``k`` makes ``q' . k'`` equal to the biased logit, so no ``L x L`` bias exists.
+    ``rel_h[b, n, (qh, qw), kh] = q . table_h[qh - kh]`` (unscaled q, as the authors).
+
+    ``impl="augmented"`` (default): appending ``rel_h`` and ``rel_w`` to the scaled ``q`` and
+    matching one-hot codes of each key's row and column to ``k`` makes ``q' . k'`` equal to the
+    biased logit, so no ``L x L`` bias is ever built and SDPA's fused kernels apply (the width
+    is padded to a multiple of 8, which the fused GPU kernels need).
+    ``impl="bias"``: SDPA with the materialised additive bias (``B x heads x L x L``).
     """
     rows, cols = grid
-    scale = q.shape[-1] ** -0.5
     length = rows * cols
+    if impl == "bias":
+        bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(*q.shape[:2], length, length)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    scale = q.shape[-1] ** -0.5
     dtype = q.dtype
+    width = q.shape[-1] + rows + cols
+    pad = -width % 8
     eye_h = torch.eye(rows, dtype=dtype, device=q.device).repeat_interleave(cols, dim=0)  # (L, rows)
     eye_w = torch.eye(cols, dtype=dtype, device=q.device).repeat(rows, 1)  # (L, cols)
-    codes = torch.cat([eye_h, eye_w], dim=-1).expand(*k.shape[:2], length, rows + cols)
-    q_aug = torch.cat([q * scale, rel_h.flatten(2, 3), rel_w.flatten(2, 3)], dim=-1)
+    codes = torch.cat([eye_h, eye_w, eye_w.new_zeros(length, pad)], dim=-1).expand(*k.shape[:2], -1, -1)
+    extra = [q.new_zeros(*q.shape[:3], pad)] if pad else []
+    q_aug = torch.cat([q * scale, rel_h.flatten(2, 3), rel_w.flatten(2, 3), *extra], dim=-1)
     k_aug = torch.cat([k, codes], dim=-1)
     return F.scaled_dot_product_attention(q_aug, k_aug, v, scale=1.0)
 
@@ -72,6 +88,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.rel_pos_h = nn.Parameter(torch.zeros(2 * rows - 1, cfg.head_dim))
         self.rel_pos_w = nn.Parameter(torch.zeros(2 * cols - 1, cfg.head_dim))
+        self.impl = "augmented"  # or "bias"; see _attention
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: ``(B, rows, cols, C)`` -> ``(B, rows, cols, C)``."""
@@ -84,7 +101,7 @@ class Attention(nn.Module):
         q_grid = q.reshape(b, heads, rows, cols, -1)
         rel_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, table_h)
         rel_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, table_w)
-        out = _attention(q, k, v, rel_h, rel_w, (rows, cols))
+        out = _attention(q, k, v, rel_h, rel_w, (rows, cols), self.impl)
         out = out.transpose(1, 2).reshape(b, rows, cols, c)
         return self.proj(out)
 
@@ -185,6 +202,13 @@ class SegGpt(nn.Module):
                     fan_in = p[0].numel() if p.ndim > 1 and "token" not in name and "pos" not in name else 1
                     scale = std if std is not None else fan_in**-0.5
                     p.copy_(torch.randn(p.shape, generator=generator).clamp_(-3, 3) * scale)
+
+    def set_attention_impl(self, impl: Literal["augmented", "bias"]) -> None:
+        """Choose how the relative-position bias enters SDPA in every block (see ``_attention``)."""
+        if impl not in ("augmented", "bias"):
+            raise ValueError(f"unknown attention implementation {impl!r}")
+        for block in self.blocks:
+            block.attn.impl = impl
 
     def position_embedding(self) -> Tensor:
         """The 2-D absolute table (cls row dropped) resized bicubically to the canvas grid:
