@@ -107,7 +107,7 @@ def _prompt_classes(masks: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarr
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from seggpt_backend.service.server import run_server
+    from seggpt_backend.service.app import run_server
 
     run_server(settings, host=args.host or settings.host, port=args.port or settings.port)
     return 0
