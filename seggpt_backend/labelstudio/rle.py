@@ -31,8 +31,9 @@ blocks of any length, as the Label Studio frontend may write them.
 
 Speed comes from working with pixel runs rather than expanded values: runs of the RGBA
 stream are exactly the pixel runs with lengths multiplied by 4, so the 4x expanded array is
-never built. Encoding packs every token (at most 27 bits) into a 40-bit window at its bit
-offset and sums the tokens of each 64-bit output word with one ``np.add.reduceat``.
+never built. Encoding computes every token (at most 27 bits) and its bit offset with array
+operations, then sums the tokens falling into each 64-bit output word with ``np.add.reduceat``
+(tokens never share bits, so the sum is their bitwise OR).
 Decoding tabulates the width a token would have at every bit position, walks the chain of
 token starts (one cheap step per token, not per pixel) and then reads all fields at once.
 """
@@ -191,15 +192,13 @@ def encode(mask: np.ndarray) -> list[int]:
 def encode_stream(values: np.ndarray) -> list[int]:
     """Encode a flat array of values 0..255 exactly as the SDK's ``encode_rle(values)``.
 
-    ``values``: 1-D, non-empty, integer dtype. Lower-level than :func:`encode` (no RGBA
+    ``values``: 1-D, 1 to 2**30 values, integer dtype. Lower-level than :func:`encode` (no RGBA
     expansion); useful for tests and for callers that build their own channel layout.
     """
     values = np.asarray(values)
     if values.ndim != 1 or values.size == 0:
         raise ValueError(f"values must be a non-empty 1-D array, got shape {values.shape}")
     flat, _ = _as_value_array(values.reshape(1, -1))
-    if flat.size > _MAX_NUM:
-        raise ValueError(f"{flat.size} values do not fit the 32-bit length field")
     ends = np.append(_change_points(flat), flat.size - 1)
     return _pack_runs(np.diff(ends, prepend=-1), flat[ends], flat.size)
 
