@@ -223,3 +223,16 @@ def test_results_skip_predictions_that_do_not_fit() -> None:
     results = tasks_to_coco_results(tasks, coco)
     # Dog is no category, the oversized region and the unknown task are left out.
     assert sorted((r["image_id"], r["score"]) for r in results) == [(11, 0.9), (12, 0.7)]
+
+
+def test_export_coco_command_writes_files_cocoeval_reads(tmp_path: Path) -> None:
+    from seggpt_backend.cli import main
+
+    export = tmp_path / "ls-export.json"
+    export.write_text(json.dumps(_tasks()))
+    out, results = tmp_path / "coco.json", tmp_path / "results.json"
+    assert main(["export-coco", str(export), "--out", str(out), "--results", str(results)]) == 0
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(out))
+    assert len(gt.getAnnIds()) == 3
+    assert _evaluate(gt, json.loads(results.read_text())) == pytest.approx(1.0)
