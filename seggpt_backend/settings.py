@@ -54,6 +54,7 @@ class Settings:
     key_prefix: str = field(default="seggpt", metadata={"env": "SEGGPT_KEY_PREFIX"})
     chunk_size: int = field(default=8, metadata={"env": "SEGGPT_CHUNK_SIZE"})
     job_timeout_s: int = field(default=900, metadata={"env": "SEGGPT_JOB_TIMEOUT_S"})
+    worker_heartbeat_s: float = field(default=15.0, metadata={"env": "SEGGPT_WORKER_HEARTBEAT_S"})
 
     # Misc
     model_dir: str = field(default="./model_dir", metadata={"env": "MODEL_DIR"})

@@ -67,7 +67,9 @@ def png_bytes(image: np.ndarray) -> bytes:
 class ImageServer:
     """Loopback HTTP server answering ``GET <path>`` from a dict (bytes), counting requests.
 
-    Stands in for Label Studio's upload storage; ``delay_s`` slows every answer (for budget tests).
+    Stands in for Label Studio's upload storage; ``delay_s`` slows every GET (for budget tests).
+    ``POST`` bodies (e.g. ``/api/predictions`` write-backs) are recorded in ``posted`` and echoed
+    with status 201, the way Label Studio answers a created prediction.
     """
 
     def __init__(self) -> None:
@@ -96,6 +98,19 @@ class ImageServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"null")
+                server.posted.append((self.path, body))
+                answer = json.dumps(
+                    {"id": len(server.posted), **(body if isinstance(body, dict) else {})}
+                ).encode()
+                self.send_response(201)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

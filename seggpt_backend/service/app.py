@@ -1,0 +1,224 @@
+"""The HTTP face of the backend (FastAPI): the Label Studio ML-backend protocol plus operations.
+
+===========  ===========================================================================
+``GET``      ``/health``: ``{"status": "UP", "model_class": "SegGPT", ...}`` with the real state
+             of Redis and the workers (503 ``DOWN`` when Redis is unreachable). Never loads.
+``POST``     ``/setup``: ``{"model_version": ...}`` in milliseconds; starts a background fill
+             of the project's examples on first contact. 422 for an unsupported config.
+``POST``     ``/predict``: see :mod:`seggpt_backend.service.predict`.
+``POST``     ``/webhook``: see :mod:`seggpt_backend.service.webhooks`.
+``GET``      ``/metrics``: Prometheus text format.
+``GET``      ``/openapi.json``, ``/docs``: the API description.
+===========  ===========================================================================
+
+With ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` set, every route except ``/health`` requires HTTP
+basic auth (configure the same pair on the model in Label Studio).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from seggpt_backend.service import predict as predict_mod
+from seggpt_backend.service import webhooks
+from seggpt_backend.service.protocol import (
+    ConfigUnsupported,
+    PredictRequest,
+    SetupRequest,
+    WebhookEvent,
+    parse_targets,
+    project_key,
+)
+from seggpt_backend.service.refine import PromptError
+from seggpt_backend.service.runtime import Runtime
+from seggpt_backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MODEL_CLASS = "SegGPT"
+OPEN_PATHS = frozenset({"/health"})
+
+
+def _unauthorized() -> Response:
+    return JSONResponse(
+        {"detail": "authentication required (HTTP basic auth, see BASIC_AUTH_USER)"},
+        status_code=401,
+        headers={"WWW-Authenticate": 'Basic realm="seggpt-backend"'},
+    )
+
+
+def _basic_auth_ok(header: str | None, user: str, password: str) -> bool:
+    if not header or not header.lower().startswith("basic "):
+        return False
+    try:
+        given_user, _, given_pass = base64.b64decode(header[6:].strip()).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    # Compare both parts in constant time, and always both, so timing reveals nothing.
+    ok_user = secrets.compare_digest(given_user.encode(), user.encode())
+    ok_pass = secrets.compare_digest(given_pass.encode(), password.encode())
+    return ok_user and ok_pass
+
+
+def _is_redis_error(exc: BaseException) -> bool:
+    try:
+        import redis
+    except ImportError:  # pragma: no cover - redis is a dependency
+        return False
+    return isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError)
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
+    """The FastAPI app; builds its :class:`Runtime` at start-up unless one is given."""
+    settings = settings or (runtime.settings if runtime else Settings.from_env())
+    state: dict[str, Any] = {"rt": runtime}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        own = state["rt"] is None
+        if own:
+            state["rt"] = Runtime.create(settings)
+        try:
+            yield
+        finally:
+            if own:
+                state["rt"].close()
+
+    app = FastAPI(
+        title="seggpt-backend",
+        description="Label Studio ML backend: SegGPT in-context segmentation as brush masks.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+
+    def rt() -> Runtime:
+        if state["rt"] is None:  # created by lifespan; direct use without it is a programming error
+            raise RuntimeError("runtime not started (use the app through uvicorn or `with TestClient(app)`)")
+        return state["rt"]
+
+    if settings.basic_auth_user:
+
+        @app.middleware("http")
+        async def basic_auth(
+            request: Request, call_next: Callable[[Request], Awaitable[Response]]
+        ) -> Response:
+            if request.url.path in OPEN_PATHS or _basic_auth_ok(
+                request.headers.get("authorization"), settings.basic_auth_user, settings.basic_auth_pass
+            ):
+                return await call_next(request)
+            return _unauthorized()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            problems.append(f"{where}: {err.get('msg')}")
+        return JSONResponse(
+            {"detail": "invalid request: " + "; ".join(problems), "errors": problems}, status_code=422
+        )
+
+    @app.exception_handler(ConfigUnsupported)
+    async def unsupported(_: Request, exc: ConfigUnsupported) -> JSONResponse:
+        log.warning("%s", exc)
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(PromptError)
+    async def bad_prompt(_: Request, exc: PromptError) -> JSONResponse:
+        return JSONResponse({"detail": f"invalid interactive context: {exc}"}, status_code=422)
+
+    @app.exception_handler(predict_mod.Unavailable)
+    async def unavailable(_: Request, exc: predict_mod.Unavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    @app.exception_handler(Exception)
+    async def crashed(_: Request, exc: Exception) -> JSONResponse:
+        if _is_redis_error(exc):
+            log.error("Redis unavailable: %s", exc)
+            return JSONResponse({"detail": f"Redis is unavailable: {type(exc).__name__}"}, status_code=503)
+        log.exception("unhandled error")
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+    @app.get("/health")
+    def health() -> JSONResponse:
+        """Liveness plus honest dependencies: Redis reachability and live workers."""
+        r = rt()
+        redis_state = r.redis_status()
+        body: dict[str, Any] = {
+            "status": "UP",
+            "model_class": MODEL_CLASS,
+            "mode": "embedded" if r.queue.embedded else "redis",
+            "redis": redis_state,
+        }
+        if redis_state.startswith("unavailable"):
+            body["status"] = "DOWN"
+            body["workers"] = 0
+            return JSONResponse(body, status_code=503)
+        workers, problem = r.worker_status()
+        body["workers"] = workers
+        body["engine_version"] = r.engine_version()
+        if problem:
+            body["warning"] = problem
+        try:
+            body["queues"] = r.queue.depths()
+        except Exception as exc:
+            body["queues"] = f"unavailable: {type(exc).__name__}"
+        return JSONResponse(body)
+
+    @app.post("/setup")
+    def setup(body: SetupRequest) -> dict[str, Any]:
+        """Validate the config and return the project's current model version (no model loading)."""
+        r = rt()
+        parse_targets(body.schema_)
+        project = project_key(body.project)
+        if not r.examples.is_populated(project):
+            webhooks.enqueue_fill(r, project, force=False)
+        return {"model_version": r.model_version(project)}
+
+    @app.post("/predict")
+    def predict(body: PredictRequest) -> dict[str, Any]:
+        """One result per task, in order (see the predict module for the write-back contract)."""
+        return predict_mod.Predictor(rt()).predict(body)
+
+    @app.post("/webhook")
+    def webhook(body: WebhookEvent) -> dict[str, Any]:
+        return webhooks.handle(rt(), body)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics() -> PlainTextResponse:
+        r = rt()
+        gauges: dict[str, float] = {}
+        redis_ok = not r.redis_status().startswith("unavailable")
+        gauges["seggpt_redis_up"] = 1.0 if redis_ok else 0.0
+        if redis_ok:
+            for name, depth in r.queue.depths().items():
+                gauges[f'seggpt_queue_depth{{queue="{name}"}}'] = float(depth)
+            for (name, st), n in r.queue.states().items():
+                gauges[f'seggpt_queue_jobs{{queue="{name}",state="{st}"}}'] = float(n)
+            gauges["seggpt_workers"] = float(r.worker_status()[0])
+        # Without Redis the recorded series cannot be read; render() logs that and shows the gauges.
+        text = r.metrics.render(gauges)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+def run_server(settings: Settings, host: str, port: int) -> None:
+    """Serve the backend with uvicorn (one process; jobs run on RQ workers or in-process)."""
+    import uvicorn
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    log.info("serving on %s:%d (%s mode)", host, port, "embedded" if settings.embedded else "redis")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(), workers=1)

@@ -1,0 +1,272 @@
+"""Job entry points (what RQ calls by dotted path) and the per-process worker context.
+
+``predict_job(payload)`` computes a chunk of tasks (or one interactive request) and stores the
+results; ``sync_job(payload)`` fills a project's examples from Label Studio. Both take one JSON
+payload (see :func:`seggpt_backend.service.predict.predict_payload`) and use the process-wide
+:class:`WorkerContext` that ``workers/worker.py`` installs after loading the engine once (in
+embedded mode, the server's in-process queue installs its own).
+
+Idempotence: results are keyed by (project, model version, task id); a retried or duplicated job
+skips tasks whose result exists. Delivery to Label Studio happens exactly once per result: the
+HTTP response or, when the server gave up waiting (``wb:`` flag), a write-back through the API,
+arbitrated by the ``posted:`` claim (see :mod:`seggpt_backend.service.results`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from seggpt_backend.engine.interface import Engine
+from seggpt_backend.service import sync
+from seggpt_backend.service.examples import ExampleStore
+from seggpt_backend.service.kv import KV
+from seggpt_backend.service.materialize import Materializer
+from seggpt_backend.service.metrics import Metrics
+from seggpt_backend.service.pipeline import Options, Target, run_chunk
+from seggpt_backend.service.prefetch import ImagePrefetcher
+from seggpt_backend.service.refine import Prompt
+from seggpt_backend.service.results import ResultStore
+from seggpt_backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FILL_RETRY_S = 60
+
+
+@dataclass
+class WorkerContext:
+    """Everything a job needs in one process; the engine is loaded once and reused."""
+
+    settings: Settings
+    kv: KV
+    engine_loader: Callable[[], Engine]
+    client: Any = None  # LabelStudioClient, or None without LABEL_STUDIO_URL
+    examples: ExampleStore = field(init=False)
+    results: ResultStore = field(init=False)
+    metrics: Metrics = field(init=False)
+    materializer: Materializer = field(init=False)
+    prefetcher: ImagePrefetcher = field(init=False)
+    _engine: Engine | None = field(default=None, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def __post_init__(self) -> None:
+        self.examples = ExampleStore(self.kv)
+        self.results = ResultStore(self.kv)
+        self.metrics = Metrics(self.kv)
+        self.materializer = Materializer(self.kv, self.fetch, max_pixels=self.settings.max_image_pixels)
+        self.prefetcher = ImagePrefetcher(
+            self.fetch, max_pixels=self.settings.max_image_pixels, keep=max(16, 4 * self.settings.chunk_size)
+        )
+
+    def fetch(self, url: str, task_id: int | None) -> bytes:
+        """Image bytes through the Label Studio client (host allow-list, auth)."""
+        if self.client is None:
+            raise RuntimeError("LABEL_STUDIO_URL is not set: cannot download task images")
+        return self.client.fetch_image_bytes(url, task_id)
+
+    @property
+    def engine(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                started = time.monotonic()
+                self._engine = self.engine_loader()
+                log.info("engine %s ready in %.1f s", self._engine.model_version, time.monotonic() - started)
+                self.kv.hset(
+                    "engine", {"version": self._engine.model_version, "loaded_at": repr(time.time())}
+                )
+            return self._engine
+
+    def options(self) -> Options:
+        s = self.settings
+        return Options(
+            num_examples=s.num_examples,
+            selection=s.example_selection,
+            pool=s.example_pool,
+            split_components=s.split_components,
+            ensemble=s.ensemble,
+            seg_type=s.seg_type,
+            multilabel=s.multilabel,
+        )
+
+    def close(self) -> None:
+        self.prefetcher.close()
+
+
+def make_client(settings: Settings) -> Any:
+    """A Label Studio API client from settings, or ``None`` when no URL is configured."""
+    if not settings.label_studio_url:
+        return None
+    from seggpt_backend.labelstudio.client import LabelStudioClient
+
+    return LabelStudioClient(
+        settings.label_studio_url, settings.label_studio_api_key, allowed_hosts=settings.allowed_hosts
+    )
+
+
+_context: WorkerContext | None = None
+
+
+def install(context: WorkerContext | None) -> None:
+    """Make ``context`` the one jobs in this process use (the worker does this at start-up)."""
+    global _context
+    _context = context
+
+
+def current() -> WorkerContext:
+    if _context is None:
+        raise RuntimeError("no WorkerContext installed: start workers with `seggpt-backend worker`")
+    return _context
+
+
+def predict_job(payload: dict[str, Any]) -> dict[str, Any]:
+    """RQ entry point for ``predict`` payloads."""
+    return execute_predict(current(), payload)
+
+
+def sync_job(payload: dict[str, Any]) -> dict[str, Any]:
+    """RQ entry point for ``sync`` payloads (full example fill of one project)."""
+    return execute_sync(current(), payload)
+
+
+def ensure_examples(ctx: WorkerContext, project: str, *, force: bool = False) -> None:
+    """Fill the project's examples from Label Studio unless done already (first use)."""
+    if not force and ctx.examples.is_populated(project):
+        return
+    if ctx.client is None:
+        log.warning("project %s: LABEL_STUDIO_URL/API key not set; examples come only from webhooks", project)
+        return
+    backoff = f"ex:{project}:fill_failed"
+    if not force and ctx.kv.exists(backoff):
+        return  # Label Studio failed us recently: do not add its timeout to every job
+    try:
+        sync.fill(
+            ctx.client,
+            ctx.examples,
+            ctx.kv,
+            project,
+            on_removed=lambda a, r: ctx.materializer.forget(project, a, r),
+        )
+    except Exception as exc:  # predictions still run with the examples webhooks delivered
+        log.error(
+            "project %s: cannot fill examples from Label Studio (retry in %d s): %s",
+            project,
+            FILL_RETRY_S,
+            exc,
+        )
+        ctx.kv.set(backoff, b"1", ex=FILL_RETRY_S)
+
+
+def execute_sync(ctx: WorkerContext, payload: dict[str, Any]) -> dict[str, Any]:
+    project = str(payload["project"])
+    ensure_examples(ctx, project, force=bool(payload.get("force")))
+    return {"project": project, "examples": ctx.examples.count(project)}
+
+
+def execute_predict(ctx: WorkerContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Compute one predict payload; stores entries, writes back where asked, wakes the waiter."""
+    started = time.monotonic()
+    queue = str(payload.get("queue", "batch"))
+    enqueued_at = payload.get("enqueued_at")
+    if isinstance(enqueued_at, int | float):
+        ctx.metrics.observe("seggpt_job_wait_seconds", max(0.0, time.time() - enqueued_at), queue=queue)
+    try:
+        summary = _predict(ctx, payload)
+    except Exception:
+        ctx.metrics.inc("seggpt_jobs_total", queue=queue, status="failed")
+        raise
+    ctx.metrics.inc("seggpt_jobs_total", queue=queue, status="finished")
+    ctx.metrics.observe("seggpt_job_duration_seconds", time.monotonic() - started, queue=queue)
+    return summary
+
+
+def _predict(ctx: WorkerContext, payload: dict[str, Any]) -> dict[str, Any]:
+    project = str(payload["project"])
+    version = str(payload["model_version"])
+    channel = str(payload.get("channel") or "")
+    prompt = Prompt.from_json(payload["prompt"]) if payload.get("prompt") else None
+    targets = [Target.from_json(t) for t in payload["targets"]]
+    tasks = list(payload["tasks"])
+    ids = [int(t["id"]) for t in tasks]
+    if prompt is None:
+        done = ctx.results.get_many(project, version, ids)
+        cached = [t for t in ids if t in done and "error" not in done[t]]
+        if cached:
+            ctx.metrics.inc("seggpt_tasks_total", len(cached), outcome="cached")
+            for tid in cached:
+                _deliver(ctx, project, version, tid, done[tid], payload)
+        tasks = [t for t in tasks if int(t["id"]) not in cached]
+        if not tasks:
+            ctx.results.notify(channel, ids)
+            return {"tasks": len(ids), "computed": 0}
+    ensure_examples(ctx, project)
+    records = ctx.examples.records(project)
+    outcome = run_chunk(
+        project=project,
+        model_version=version,
+        targets=targets,
+        tasks=tasks,
+        records=records,
+        materializer=ctx.materializer,
+        engine=ctx.engine,
+        load=ctx.prefetcher.load,
+        options=ctx.options(),
+        prompt=prompt,
+        pool=ctx.prefetcher.pool,
+    )
+    ctx.prefetcher.release(u for t in tasks for u in (t.get("images") or {}).values())
+    failed = sum(1 for e in outcome.entries.values() if "error" in e)
+    ctx.metrics.inc("seggpt_tasks_total", len(outcome.entries) - failed, outcome="predicted")
+    if failed:
+        ctx.metrics.inc("seggpt_tasks_total", failed, outcome="failed")
+    if prompt is not None:
+        tid = ids[0]
+        entry = outcome.entries.get(tid, {"error": f"task {tid}: nothing computed"})
+        ctx.results.put_interactive(channel, {**entry, "messages": outcome.messages})
+    else:
+        for tid, entry in outcome.entries.items():
+            stored = (
+                {**entry, "messages": outcome.messages}
+                if outcome.messages and "error" not in entry
+                else entry
+            )
+            ctx.results.put(project, version, tid, stored)
+            if "error" not in entry:
+                _deliver(ctx, project, version, tid, stored, payload)
+    ctx.results.notify(channel, ids)
+    return {"tasks": len(ids), "computed": len(outcome.entries), "failed": failed}
+
+
+def _deliver(
+    ctx: WorkerContext,
+    project: str,
+    version: str,
+    task_id: int,
+    entry: dict[str, Any],
+    payload: dict[str, Any],
+) -> None:
+    """Write a finished result back to Label Studio if the server asked (or the job says always)."""
+    wanted = payload.get("writeback") == "always" or ctx.results.writeback_requested(
+        project, version, task_id
+    )
+    if not wanted or not ctx.results.claim(project, version, task_id):
+        return
+    if ctx.client is None:
+        log.error("task %s: cannot write the prediction back: LABEL_STUDIO_URL is not set", task_id)
+        ctx.results.release(project, version, task_id)
+        ctx.metrics.inc("seggpt_writeback_failures_total")
+        return
+    try:
+        ctx.client.create_prediction(task_id, entry["result"], entry.get("score", 0.0), version)
+    except Exception as exc:
+        log.error("task %s: writing the prediction back to Label Studio failed: %s", task_id, exc)
+        ctx.results.release(project, version, task_id)
+        ctx.metrics.inc("seggpt_writeback_failures_total")
+        return
+    ctx.results.writeback_done(project, version, task_id)
+    ctx.metrics.inc("seggpt_predictions_served_total", channel="writeback")
+    log.info("task %s: prediction written back to Label Studio (model version %s)", task_id, version)

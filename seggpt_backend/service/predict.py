@@ -1,0 +1,266 @@
+"""``POST /predict`` on the server side: split, enqueue, wait within the budget, answer in order.
+
+Answer shape: ``{"results": [entry_or_list, ...], "model_version": v, "messages": [...]}`` with
+exactly one item per task, in request order. An item is either a prediction
+``{"result": [...regions], "score": s, "model_version": v}`` or an empty list ``[]``. Label
+Studio accepts a list per task (zero or more predictions), so ``[]`` stores nothing for that
+task and keeps the count aligned. ``[]`` is used when:
+
+- the task did not finish within ``SEGGPT_PREDICT_BUDGET_S`` (Label Studio gives up after
+  100 s): the job keeps running and **writes the prediction back through the Label Studio API**
+  (``POST /api/predictions``) when it completes, so no task is silently left out;
+- the task failed (unreadable image...): the reason is in ``messages`` and the worker log, and
+  the next "Retrieve Predictions" tries again;
+- Label Studio already holds this task's prediction for the current model version (nothing is
+  recomputed and no duplicate is stored).
+
+A task whose prediction is legitimately empty (no examples yet, nothing found) gets a real
+prediction with an empty ``result``: the model version changes as soon as examples change, so
+it is recomputed then.
+
+Interactive requests (``params.context`` with keypoints/rectangles) go to the ``interactive``
+queue, are never cached or written back, and answer ``results[0].result`` with one region.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from typing import Any
+
+from seggpt_backend.service.pipeline import Target
+from seggpt_backend.service.protocol import (
+    PredictRequest,
+    Task,
+    existing_prediction,
+    parse_targets,
+    project_key,
+    task_images,
+)
+from seggpt_backend.service.refine import Prompt, parse_context
+from seggpt_backend.service.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.5
+
+
+class Unavailable(RuntimeError):
+    """Predictions cannot be computed at all right now (e.g. the embedded model failed to load)."""
+
+
+def predict_payload(
+    *,
+    project: str,
+    model_version: str,
+    targets: list[Target],
+    tasks: list[Task],
+    channel: str,
+    queue: str,
+    prompt: Prompt | None = None,
+    writeback: str = "requested",
+) -> dict[str, Any]:
+    """The JSON job payload: ids, URLs and label names only (no pixels, no credentials)."""
+    return {
+        "v": 1,
+        "project": project,
+        "model_version": model_version,
+        "targets": [t.to_json() for t in targets],
+        "tasks": [{"id": t.id, "images": task_images(t, targets)} for t in tasks],
+        "channel": channel,
+        "queue": queue,
+        "prompt": None if prompt is None else prompt.to_json(),
+        "writeback": writeback,
+        "enqueued_at": time.time(),
+    }
+
+
+def _public(entry: dict[str, Any], model_version: str) -> dict[str, Any]:
+    return {
+        "result": entry.get("result", []),
+        "score": entry.get("score", 0.0),
+        "model_version": model_version,
+    }
+
+
+class Predictor:
+    """Serves ``/predict`` through the runtime's queue and stores."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.s = runtime.settings
+
+    def predict(self, req: PredictRequest) -> dict[str, Any]:
+        """Raises ``ConfigUnsupported``/``PromptError`` (-> 422) and :class:`Unavailable` (-> 503)."""
+        started = time.monotonic()
+        targets = parse_targets(req.label_config)
+        project = project_key(req.project, req.tasks)
+        prompt = parse_context(req.params.context, [t.brush() for t in targets])
+        workers, problem = self.rt.worker_status()
+        if self.rt.queue.embedded and problem and problem != "model loading":
+            raise Unavailable(problem)
+        version = self.rt.model_version(project)
+        kind = "interactive" if prompt is not None else "batch"
+        try:
+            if prompt is not None and req.tasks:
+                return self._interactive(project, version, targets, req.tasks[0], prompt, started)
+            return self._batch(project, version, targets, req.tasks, started, workers, problem)
+        finally:
+            self.rt.metrics.inc("seggpt_predict_requests_total", kind=kind)
+            self.rt.metrics.observe("seggpt_predict_request_seconds", time.monotonic() - started, kind=kind)
+
+    # ------------------------------------------------------------------ interactive
+    def _interactive(
+        self, project: str, version: str, targets: list[Target], task: Task, prompt: Prompt, started: float
+    ) -> dict[str, Any]:
+        channel = uuid.uuid4().hex
+        payload = predict_payload(
+            project=project,
+            model_version=version,
+            targets=targets,
+            tasks=[task],
+            channel=channel,
+            queue="interactive",
+            prompt=prompt,
+        )
+        self.rt.queue.enqueue("interactive", "predict", payload)
+        deadline = started + self.s.predict_budget_s
+        entry = self.rt.results.get_interactive(channel)
+        while entry is None and time.monotonic() < deadline:
+            self.rt.results.wait(channel, min(POLL_S, max(0.01, deadline - time.monotonic())))
+            entry = self.rt.results.get_interactive(channel)
+        messages = list(entry.get("messages", [])) if entry else []
+        if entry is None:
+            messages.append(
+                f"task {task.id}: interactive prediction did not finish within {self.s.predict_budget_s:g} s"
+            )
+            entry = {"result": []}
+        elif "error" in entry:
+            messages.append(entry["error"])
+            entry = {"result": []}
+        self.rt.metrics.inc("seggpt_predictions_served_total", channel="interactive")
+        return {"results": [_public(entry, version)], "model_version": version, "messages": messages}
+
+    # ------------------------------------------------------------------ batch
+    def _batch(
+        self,
+        project: str,
+        version: str,
+        targets: list[Target],
+        tasks: list[Task],
+        started: float,
+        workers: int,
+        problem: str | None,
+    ) -> dict[str, Any]:
+        answers: dict[int, Any] = {}
+        messages: list[str] = []
+        unique: dict[int, Task] = {}
+        for t in tasks:
+            unique.setdefault(t.id, t)
+        for tid, t in unique.items():
+            if existing_prediction(t, version) is not None:
+                answers[tid] = []  # Label Studio has it already: do not store a duplicate
+        pending = [tid for tid in unique if tid not in answers]
+        self._take_finished(project, version, pending, answers, messages, retry_errors=True)
+        pending = [tid for tid in pending if tid not in answers]
+
+        if pending and self._no_examples_for_sure(project):
+            messages.append(
+                f"project {project}: no examples yet; annotate at least one image with brush labels "
+                "(every accepted annotation becomes an example)"
+            )
+            for tid in pending:
+                answers[tid] = {"result": [], "score": 0.0, "model_version": version}
+            pending = []
+
+        channel = uuid.uuid4().hex
+        queue = "interactive" if len(pending) == 1 else "batch"
+        chunk = max(1, self.s.chunk_size)
+        for i in range(0, len(pending), chunk):
+            part = [unique[tid] for tid in pending[i : i + chunk]]
+            payload = predict_payload(
+                project=project,
+                model_version=version,
+                targets=targets,
+                tasks=part,
+                channel=channel,
+                queue=queue,
+            )
+            self.rt.queue.enqueue(queue, "predict", payload, job_id=self._job_id(project, version, part))
+
+        deadline = started + self.s.predict_budget_s
+        if workers == 0 and problem != "model loading" and pending:
+            messages.append(f"{problem}; predictions will be written back when a worker computes them")
+            deadline = time.monotonic()  # nobody will answer in time: do not hold Label Studio
+        while pending and time.monotonic() < deadline:
+            self.rt.results.wait(channel, min(POLL_S, max(0.01, deadline - time.monotonic())))
+            self._take_finished(project, version, pending, answers, messages)
+            pending = [tid for tid in pending if tid not in answers]
+
+        if pending:
+            for tid in pending:
+                self.rt.results.request_writeback(project, version, tid)
+            # A job may have finished between the last look and the flag: deliver it here if we win.
+            self._take_finished(project, version, pending, answers, messages)
+            late = [tid for tid in pending if tid not in answers]
+            for tid in late:
+                answers[tid] = []
+            if late:
+                messages.append(
+                    f"{len(late)} task(s) did not finish within {self.s.predict_budget_s:g} s; their predictions "
+                    f"will be written back to Label Studio when ready (tasks {late[:20]}{'...' if len(late) > 20 else ''})"
+                )
+                log.info("project %s: %d task(s) left for write-back", project, len(late))
+
+        served = sum(1 for a in answers.values() if isinstance(a, dict))
+        if served:
+            self.rt.metrics.inc("seggpt_predictions_served_total", served, channel="response")
+        return {"results": [answers[t.id] for t in tasks], "model_version": version, "messages": messages}
+
+    def _take_finished(
+        self,
+        project: str,
+        version: str,
+        pending: list[int],
+        answers: dict[int, Any],
+        messages: list[str],
+        *,
+        retry_errors: bool = False,
+    ) -> None:
+        """Move finished tasks from ``pending`` into ``answers`` (respecting write-back claims).
+
+        ``retry_errors``: a failure stored by an earlier request is dropped so the task is computed
+        again (the image may have been fixed) instead of being answered with the old error.
+        """
+        if not pending:
+            return
+        for tid, entry in self.rt.results.get_many(project, version, pending).items():
+            if "error" in entry and retry_errors:
+                self.rt.results.forget(project, version, tid)
+                continue
+            if "error" in entry:
+                answers[tid] = []
+                messages.append(entry["error"])
+                continue
+            for m in entry.get("messages", []):
+                if m not in messages:
+                    messages.append(m)
+            if self.rt.results.writeback_requested(project, version, tid) and not self.rt.results.claim(
+                project, version, tid
+            ):
+                answers[tid] = []  # the job wrote it back already
+                continue
+            answers[tid] = _public(entry, version)
+
+    def _no_examples_for_sure(self, project: str) -> bool:
+        """True when the project has no example and none can arrive from a fill."""
+        if self.rt.examples.count(project):
+            return False
+        return self.rt.examples.is_populated(project) or not self.s.label_studio_url
+
+    def _job_id(self, project: str, version: str, tasks: list[Task]) -> str:
+        ids = ",".join(str(t.id) for t in sorted(tasks, key=lambda t: t.id))
+        body = f"{self.s.key_prefix}|{project}|{version}|{ids}"
+        return "seggpt-predict-" + hashlib.sha1(body.encode()).hexdigest()[:24]

@@ -1,0 +1,130 @@
+"""The Label Studio ML-backend protocol: request bodies, validation and config interpretation.
+
+Bodies are validated with pydantic (FastAPI turns violations into 422 answers naming the field).
+Unknown extra fields are accepted (Label Studio adds fields between versions), but the fields the
+backend relies on are typed. Secrets that Label Studio sends (``access_token``, ``params.login``/
+``password``, credentials in ``params.context``) are never logged or queued.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from seggpt_backend.service.pipeline import Target
+
+log = logging.getLogger(__name__)
+
+
+class ConfigUnsupported(ValueError):
+    """The project's labelling config has nothing this backend can predict; the message says why."""
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class SetupRequest(_Open):
+    """``POST /setup``: sent before every prediction round (Label Studio waits 3 s)."""
+
+    project: str | int = Field(description='"<project id>.<created timestamp>", e.g. "1.1795307990"')
+    schema_: str = Field(alias="schema", description="The project's labelling config (XML)")
+    hostname: str | None = None
+    access_token: str | None = Field(default=None, repr=False)
+    extra_params: dict[str, Any] | None = None
+
+
+class Task(_Open):
+    """One Label Studio task as sent in ``/predict`` (only the used fields are typed)."""
+
+    id: int
+    data: dict[str, Any]
+    predictions: list[dict[str, Any]] = Field(default_factory=list)
+    annotations: list[dict[str, Any]] = Field(default_factory=list)
+    project: int | None = None
+
+
+class PredictParams(_Open):
+    login: str | None = Field(default=None, repr=False)
+    password: str | None = Field(default=None, repr=False)
+    context: dict[str, Any] | None = Field(default=None, repr=False)
+
+
+class PredictRequest(_Open):
+    """``POST /predict``: one result per task is expected back, in order."""
+
+    tasks: list[Task]
+    project: str | int | None = None
+    label_config: str
+    params: PredictParams = Field(default_factory=PredictParams)
+
+
+class WebhookEvent(_Open):
+    """``POST /webhook``: Label Studio's webhook body (``send_payload=true``)."""
+
+    action: str
+    project: dict[str, Any] | None = None
+    annotation: dict[str, Any] | None = None
+    annotations: list[dict[str, Any]] | None = None
+    task: dict[str, Any] | None = None
+    tasks: list[dict[str, Any]] | None = None
+
+
+def project_key(project: str | int | None, tasks: list[Task] | None = None) -> str:
+    """The project id as a string key: ``"1.1795307990"`` -> ``"1"``; falls back to the tasks' ``project``."""
+    if project is not None and str(project).strip():
+        from seggpt_backend.labelstudio.client import parse_project_id
+
+        return str(parse_project_id(str(project)))
+    for task in tasks or []:
+        if task.project is not None:
+            return str(task.project)
+    raise ConfigUnsupported("the request names no project (field 'project')")
+
+
+def parse_targets(label_config: str) -> list[Target]:
+    """The BrushLabels controls of a config, each with its Image's task-data key.
+
+    Raises :class:`ConfigUnsupported` with a readable reason when the config cannot be served
+    (not XML, no Image, no BrushLabels control with labels).
+    """
+    from seggpt_backend.labelstudio.label_config import LabelConfigError, parse_label_config
+
+    try:
+        config = parse_label_config(label_config)
+    except LabelConfigError as exc:
+        raise ConfigUnsupported(f"unsupported labelling config: {exc}") from exc
+    targets = [
+        Target(from_name=c.name, to_name=c.to_name, data_key=c.image_key, labels=tuple(c.labels))
+        for c in config.brush_controls
+    ]
+    if not targets:
+        raise ConfigUnsupported(
+            "unsupported labelling config: SegGPT predicts brush masks, so the config needs a "
+            '<BrushLabels name="..." toName="<Image name>"> with at least one <Label>'
+        )
+    return targets
+
+
+def task_images(task: Task, targets: list[Target]) -> dict[str, str]:
+    """``{data key: image URL}`` for the data keys the targets read (missing keys are left out)."""
+    out: dict[str, str] = {}
+    for t in targets:
+        value = task.data.get(t.data_key)
+        if isinstance(value, str) and value:
+            out[t.data_key] = value
+    return out
+
+
+def existing_prediction(task: Task, model_version: str) -> dict[str, Any] | None:
+    """The task's prediction from ``model_version`` if Label Studio already holds one."""
+    for p in task.predictions:
+        if (
+            isinstance(p, dict)
+            and p.get("model_version") == model_version
+            and isinstance(p.get("result"), list)
+        ):
+            return {"result": p["result"], "score": p.get("score") or 0.0, "model_version": model_version}
+    return None

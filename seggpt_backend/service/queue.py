@@ -1,0 +1,232 @@
+"""Job queues: RQ on Redis (workers in other processes) or an in-process thread (embedded mode).
+
+Queues, highest priority first (a worker always empties ``interactive`` before it looks at
+``batch``):
+
+- ``interactive``: smart-tool requests and single-task predictions (someone is waiting in the
+  editor), example (re)fills;
+- ``batch``: chunks of "Retrieve Predictions" batches;
+- ``tune``: reserved for in-context tuning.
+
+Job payloads are JSON (RQ's ``JSONSerializer``): task ids, image URLs, label names, never pixels
+or pickles. Job functions are referenced by dotted path (``seggpt_backend.service.jobs.<kind>_job``)
+so the server never imports the engine. In Redis, queue ``name`` is ``<key_prefix>.<name>`` so
+deployments sharing a database stay apart.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue as stdqueue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+QUEUES: tuple[str, ...] = ("interactive", "batch", "tune")
+JOB_FUNCTIONS: dict[str, str] = {
+    "predict": "seggpt_backend.service.jobs.predict_job",
+    "sync": "seggpt_backend.service.jobs.sync_job",
+}
+RETRIES = 2  # a job that raises (worker crash, OOM) is retried this often; outcomes are idempotent
+RESULT_TTL_S = 3600
+FAILURE_TTL_S = 7 * 24 * 3600
+
+
+def check_queue_names(names: Sequence[str]) -> list[str]:
+    """Validate logical queue names and return them in priority order."""
+    unknown = [n for n in names if n not in QUEUES]
+    if unknown or not names:
+        raise ValueError(f"unknown queue(s) {unknown or names!r}; choose from {', '.join(QUEUES)}")
+    return sorted(dict.fromkeys(names), key=QUEUES.index)
+
+
+def rq_queue_name(prefix: str, name: str) -> str:
+    """The RQ queue name of logical queue ``name`` under ``prefix``."""
+    return f"{prefix}.{name}"
+
+
+class JobQueue(Protocol):
+    """What the HTTP side needs from a queue."""
+
+    embedded: bool
+
+    def enqueue(
+        self, queue: str, kind: str, payload: dict[str, Any], *, job_id: str | None = None
+    ) -> str: ...
+    def depths(self) -> dict[str, int]: ...
+    def states(self) -> dict[tuple[str, str], int]: ...
+    def workers(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class RQJobQueue:
+    """Enqueue onto RQ queues in Redis; workers (``workers/worker.py``) run the jobs."""
+
+    embedded = False
+
+    def __init__(self, connection: Any, prefix: str, *, job_timeout_s: int) -> None:
+        from rq import Queue
+        from rq.serializers import JSONSerializer
+
+        self.connection = connection
+        self.prefix = prefix
+        self.job_timeout_s = job_timeout_s
+        self.serializer = JSONSerializer
+        self.queues = {
+            name: Queue(rq_queue_name(prefix, name), connection=connection, serializer=JSONSerializer)
+            for name in QUEUES
+        }
+
+    def enqueue(self, queue: str, kind: str, payload: dict[str, Any], *, job_id: str | None = None) -> str:
+        """Enqueue one job; with ``job_id``, a job with that id still queued or running is reused."""
+        from rq import Retry
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job, JobStatus
+
+        q = self.queues[queue]
+        if job_id is not None:
+            try:
+                existing = Job.fetch(job_id, connection=self.connection, serializer=self.serializer)
+                status = existing.get_status(refresh=False)
+                if status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+                    return job_id
+                existing.delete()
+            except NoSuchJobError:
+                pass
+        timeout = min(self.job_timeout_s, 300) if queue == "interactive" else self.job_timeout_s
+        job = q.enqueue(
+            JOB_FUNCTIONS[kind],
+            payload,
+            job_id=job_id,
+            job_timeout=timeout,
+            result_ttl=RESULT_TTL_S,
+            failure_ttl=FAILURE_TTL_S,
+            retry=Retry(max=RETRIES),
+            description=f"{kind} project={payload.get('project')} tasks={len(payload.get('tasks', []))}",
+        )
+        return str(job.id)
+
+    def depths(self) -> dict[str, int]:
+        return {name: int(q.count) for name, q in self.queues.items()}
+
+    def states(self) -> dict[tuple[str, str], int]:
+        """Jobs per (queue, state) for started, failed, finished and scheduled registries."""
+        out: dict[tuple[str, str], int] = {}
+        for name, q in self.queues.items():
+            out[(name, "started")] = q.started_job_registry.count
+            out[(name, "failed")] = q.failed_job_registry.count
+            out[(name, "finished")] = q.finished_job_registry.count
+            out[(name, "scheduled")] = q.scheduled_job_registry.count
+        return out
+
+    def workers(self) -> int:
+        """Registered (heartbeating) workers listening on any of this deployment's queues."""
+        from rq import Worker
+
+        names: set[str] = set()
+        for q in self.queues.values():
+            names.update(w.name for w in Worker.all(connection=self.connection, queue=q))
+        return len(names)
+
+    def close(self) -> None:
+        pass
+
+
+Runner = Callable[[str, str, dict[str, Any]], Any]
+
+
+class InProcessJobQueue:
+    """Embedded mode: one daemon thread runs jobs in priority order (interactive first).
+
+    ``runner(queue, kind, payload)`` executes a job; it is retried :data:`RETRIES` times if it
+    raises. ``start`` callback (optional) runs first in the thread, e.g. to load the engine, so
+    the HTTP server answers ``/health`` while the model loads.
+    """
+
+    embedded = True
+
+    def __init__(self, runner: Runner, *, start: Callable[[], None] | None = None) -> None:
+        self._runner = runner
+        self._start = start
+        self._q: stdqueue.PriorityQueue[tuple[int, int, str, str, dict[str, Any], str]] = (
+            stdqueue.PriorityQueue()
+        )
+        self._seq = itertools.count()
+        self._pending: dict[str, int] = dict.fromkeys(QUEUES, 0)
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.ready = threading.Event()
+        self.error: str | None = None
+        self.running = 0
+        self.finished: dict[str, int] = dict.fromkeys(QUEUES, 0)
+        self.failed: dict[str, int] = dict.fromkeys(QUEUES, 0)
+        self._thread = threading.Thread(target=self._loop, name="seggpt-embedded-worker", daemon=True)
+        self._thread.start()
+
+    def enqueue(self, queue: str, kind: str, payload: dict[str, Any], *, job_id: str | None = None) -> str:
+        if queue not in QUEUES:
+            raise ValueError(f"unknown queue {queue!r}")
+        job_id = job_id or f"job-{next(self._seq)}"
+        with self._lock:
+            if job_id in self._ids:
+                return job_id
+            self._ids.add(job_id)
+            self._pending[queue] += 1
+        self._q.put((QUEUES.index(queue), next(self._seq), queue, kind, payload, job_id))
+        return job_id
+
+    def depths(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._pending)
+
+    def states(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            out = {(q, "finished"): n for q, n in self.finished.items()}
+            out.update({(q, "failed"): n for q, n in self.failed.items()})
+            return out
+
+    def workers(self) -> int:
+        return 1 if self.ready.is_set() and self.error is None else 0
+
+    def close(self) -> None:
+        self._stop.set()
+        self._q.put((-1, -1, "", "", {}, ""))
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        if self._start is not None:
+            try:
+                self._start()
+            except Exception as exc:  # the server keeps answering /health with the reason
+                self.error = f"{type(exc).__name__}: {exc}"
+                log.exception("embedded worker could not start")
+        self.ready.set()
+        while not self._stop.is_set():
+            _, _, queue, kind, payload, job_id = self._q.get()
+            if self._stop.is_set() or not kind:
+                break
+            with self._lock:
+                self._pending[queue] -= 1
+                self.running = 1
+            ok = False
+            for attempt in range(RETRIES + 1):
+                try:
+                    if self.error is not None:
+                        raise RuntimeError(f"embedded worker unavailable: {self.error}")
+                    self._runner(queue, kind, payload)
+                    ok = True
+                    break
+                except Exception:
+                    log.exception(
+                        "job %s (%s) failed, attempt %d of %d", job_id, kind, attempt + 1, RETRIES + 1
+                    )
+                    time.sleep(0.1)
+            with self._lock:
+                self.running = 0
+                self._ids.discard(job_id)
+                (self.finished if ok else self.failed)[queue] += 1

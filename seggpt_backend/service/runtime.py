@@ -1,0 +1,129 @@
+"""The server's wiring: stores, queue and (in embedded mode) the in-process worker, from settings.
+
+With ``REDIS_URL``: every store lives in Redis and jobs go to RQ, computed by separate worker
+processes (``workers/worker.py``). Without it (embedded mode): the same stores on an in-process
+:class:`~seggpt_backend.service.kv.MemoryKV` and a daemon thread that loads the engine at start-up
+and runs jobs, so one command serves a single machine.
+
+Model version
+-------------
+``<engine version>.ex-<examples digest>``, e.g. ``seggpt-demo-3f2a1b.ex-9c0d4e5f61``. The engine
+part is what the most recently started worker published when it loaded its weights (key
+``engine``); before any worker has, it is derived from ``SEGGPT_WEIGHTS``. The examples part
+changes whenever an example of the project is added, edited or deleted, so Label Studio's
+"Retrieve Predictions" recomputes tasks after the examples change, and only then.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from seggpt_backend.service.examples import ExampleStore
+from seggpt_backend.service.kv import KV, MemoryKV, RedisKV
+from seggpt_backend.service.metrics import Metrics
+from seggpt_backend.service.queue import InProcessJobQueue, JobQueue, RQJobQueue
+from seggpt_backend.service.results import ResultStore
+from seggpt_backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def fallback_engine_version(spec: str) -> str:
+    """Engine version used before any worker published one (derived from the weights spec)."""
+    return "seggpt-" + re.sub(r"[^A-Za-z0-9._-]+", "_", spec.rsplit("/", 1)[-1] or spec)[:48]
+
+
+@dataclass
+class Runtime:
+    """Server-side handles; build with :meth:`create`."""
+
+    settings: Settings
+    kv: KV
+    queue: JobQueue
+    health_kv: KV | None = None
+    worker_context: Any = None  # embedded mode: the in-process WorkerContext
+    examples: ExampleStore = field(init=False)
+    results: ResultStore = field(init=False)
+    metrics: Metrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.examples = ExampleStore(self.kv)
+        self.results = ResultStore(self.kv)
+        self.metrics = Metrics(self.kv)
+
+    @classmethod
+    def create(cls, settings: Settings) -> Runtime:
+        """Connect (lazily: nothing is loaded or contacted here) according to ``settings``."""
+        if settings.embedded:
+            return cls._embedded(settings)
+        kv = RedisKV.from_url(settings.redis_url, settings.key_prefix, socket_timeout=10.0)
+        health = RedisKV.from_url(settings.redis_url, settings.key_prefix, socket_timeout=0.5)
+        queue = RQJobQueue(kv.client, settings.key_prefix, job_timeout_s=settings.job_timeout_s)
+        return cls(settings, kv, queue, health_kv=health)
+
+    @classmethod
+    def _embedded(cls, settings: Settings) -> Runtime:
+        from seggpt_backend.service import jobs
+
+        kv = MemoryKV()
+
+        def load() -> Any:
+            from seggpt_backend.engine.engine import load_engine
+
+            return load_engine(settings.seggpt_weights, device=settings.device, dtype=settings.dtype)
+
+        ctx = jobs.WorkerContext(settings, kv, load, client=jobs.make_client(settings))
+        jobs.install(ctx)
+
+        def run(queue: str, kind: str, payload: dict[str, Any]) -> Any:
+            return (
+                jobs.execute_predict(ctx, payload) if kind == "predict" else jobs.execute_sync(ctx, payload)
+            )
+
+        queue = InProcessJobQueue(run, start=lambda: ctx.engine)
+        return cls(settings, kv, queue, worker_context=ctx)
+
+    # ------------------------------------------------------------------ versions
+    def engine_version(self) -> str:
+        try:
+            raw = self.kv.hget("engine", "version")
+        except Exception as exc:
+            log.warning("cannot read the engine version: %s", exc)
+            raw = None
+        return raw.decode() if raw else fallback_engine_version(self.settings.seggpt_weights)
+
+    def model_version(self, project: str) -> str:
+        return f"{self.engine_version()}.ex-{self.examples.digest(project)}"
+
+    # ------------------------------------------------------------------ health
+    def redis_status(self) -> str:
+        """``"embedded"``, ``"ok"`` or ``"unavailable: <reason>"`` (answers within ~0.5 s)."""
+        if self.health_kv is None:
+            return "embedded"
+        try:
+            self.health_kv.ping()
+            return "ok"
+        except Exception as exc:
+            return f"unavailable: {type(exc).__name__}"
+
+    def worker_status(self) -> tuple[int, str | None]:
+        """(live workers, problem or None)."""
+        if isinstance(self.queue, InProcessJobQueue):
+            if self.queue.error is not None:
+                return 0, f"model failed to load: {self.queue.error}"
+            if not self.queue.ready.is_set():
+                return 0, "model loading"
+            return 1, None
+        try:
+            n = self.queue.workers()
+        except Exception as exc:
+            return 0, f"cannot list workers: {type(exc).__name__}"
+        return n, None if n else "no worker is running: start one with `seggpt-backend worker`"
+
+    def close(self) -> None:
+        self.queue.close()
+        if self.worker_context is not None:
+            self.worker_context.close()

@@ -1,0 +1,114 @@
+"""``POST /webhook``: keep the example store current; record or enqueue, never compute.
+
+Label Studio's webhook timeout is 1 s, so a handler only writes small JSON records (the
+annotation's RLE and image URL) or enqueues a job:
+
+- ``ANNOTATION_CREATED`` / ``ANNOTATION_UPDATED``: the annotation becomes (or replaces) an example
+  if it has brush regions and was not skipped; otherwise any earlier example from it is removed.
+  The next prediction (on any worker) uses it: the record is in the shared store before the
+  webhook answers, and the model version changes with it.
+- ``ANNOTATIONS_DELETED``: those examples are removed (with their cached pixels).
+- ``START_TRAINING`` ("Start Training" button): SegGPT needs no training; the project's
+  examples are re-synced from the Label Studio API in a queued job.
+- anything else (``TASKS_CREATED``, ``PROJECT_UPDATED``...): acknowledged, nothing to do (the
+  label config is read from every request).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+from seggpt_backend.service.examples import record_from_annotation
+from seggpt_backend.service.materialize import Materializer
+from seggpt_backend.service.protocol import ConfigUnsupported, WebhookEvent, parse_targets
+from seggpt_backend.service.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def _forget(rt: Runtime, project: str, removed: dict[int, str]) -> None:
+    for annotation_id, rev in removed.items():
+        rt.kv.delete(Materializer.key(project, annotation_id, rev))
+
+
+def enqueue_fill(rt: Runtime, project: str, *, force: bool) -> str | None:
+    """Queue a fill of the project's examples from Label Studio (deduplicated per project)."""
+    if not rt.settings.label_studio_url:
+        return None
+    job_id = "seggpt-sync-" + hashlib.sha1(f"{rt.settings.key_prefix}|{project}".encode()).hexdigest()[:24]
+    return rt.queue.enqueue("interactive", "sync", {"project": project, "force": force}, job_id=job_id)
+
+
+def handle(rt: Runtime, event: WebhookEvent) -> dict[str, Any]:
+    """Apply one webhook event; returns a small JSON status (never raises for unknown actions)."""
+    rt.metrics.inc("seggpt_webhooks_total", action=event.action)
+    project_id = (event.project or {}).get("id")
+    if project_id is None:
+        return {"status": "ignored", "action": event.action, "reason": "event carries no project id"}
+    project = str(project_id)
+
+    if event.action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+        annotation, task = event.annotation or {}, event.task or {}
+        if annotation.get("id") is None:
+            return {"status": "ignored", "action": event.action, "reason": "event carries no annotation"}
+        try:
+            targets = parse_targets(str((event.project or {}).get("label_config") or ""))
+        except ConfigUnsupported as exc:
+            return {"status": "ignored", "action": event.action, "reason": str(exc)}
+        fields = {t.to_name: t.data_key for t in targets}
+        record = record_from_annotation(annotation, task, fields)
+        if record is None:
+            removed = rt.examples.delete(project, [int(annotation["id"])])
+            _forget(rt, project, removed)
+            return {
+                "status": "ok",
+                "action": event.action,
+                "examples": rt.examples.count(project),
+                "stored": False,
+            }
+        old = rt.examples.upsert(project, record)
+        if old is not None and old != record.rev:
+            _forget(rt, project, {record.annotation_id: old})
+        log.info(
+            "project %s: annotation %s stored as an example (%d regions)",
+            project,
+            record.annotation_id,
+            len(record.regions),
+        )
+        return {
+            "status": "ok",
+            "action": event.action,
+            "examples": rt.examples.count(project),
+            "stored": True,
+        }
+
+    if event.action == "ANNOTATIONS_DELETED":
+        ids = [
+            int(a["id"]) for a in event.annotations or [] if isinstance(a, dict) and a.get("id") is not None
+        ]
+        removed = rt.examples.delete(project, ids)
+        _forget(rt, project, removed)
+        return {
+            "status": "ok",
+            "action": event.action,
+            "removed": len(removed),
+            "examples": rt.examples.count(project),
+        }
+
+    if event.action == "START_TRAINING":
+        job = enqueue_fill(rt, project, force=True)
+        return {
+            "status": "ok",
+            "action": event.action,
+            "detail": "SegGPT learns from examples in context and needs no training; "
+            + (
+                "re-syncing the project's examples from Label Studio"
+                if job
+                else "LABEL_STUDIO_URL is not set, nothing to sync"
+            ),
+            "job": job,
+        }
+
+    return {"status": "ok", "action": event.action, "detail": "nothing to do for this event"}

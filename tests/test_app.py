@@ -1,0 +1,218 @@
+"""The HTTP protocol, replaying recorded Label Studio 1.23 requests against the app.
+
+Embedded mode (no Redis): jobs run in the app's own thread with the tiny random-weight model;
+images come from a loopback server standing in for Label Studio's ``/data/upload`` storage.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from seggpt_backend.service.app import create_app
+from seggpt_backend.settings import Settings
+from tests.fixtures import scene
+from tests.service_support import ImageServer, annotation_event, captured, png_bytes, predict_body
+
+UPLOADS = [
+    "/data/upload/1/69a30967-img0.png",
+    "/data/upload/1/f2681954-img2.png",
+    "/data/upload/1/e09a7363-img3.png",
+    "/data/upload/1/455cb06a-img4.png",
+]
+
+
+@pytest.fixture(scope="module")
+def images():
+    server = ImageServer()
+    # Annotated image of the captured webhook (its RLE is 64 x 48), then the three query images.
+    server.add(UPLOADS[0], png_bytes(scene(48, 64, seed=0)[0]))
+    for i, path in enumerate(UPLOADS[1:], start=1):
+        server.add(path, png_bytes(scene(72, 96, seed=i)[0]))
+    yield server
+    server.close()
+
+
+def _settings(images: ImageServer, **over) -> Settings:
+    env = {
+        "SEGGPT_WEIGHTS": "random:tiny",
+        "SEGGPT_DEVICE": "cpu",
+        "LABEL_STUDIO_URL": images.url,
+        "LABEL_STUDIO_API_KEY": "test-token",
+        "SEGGPT_PREDICT_BUDGET_S": "60",
+    }
+    return Settings.from_env(env, **over)
+
+
+@pytest.fixture(scope="module")
+def client(images):
+    with TestClient(create_app(_settings(images))) as c:
+        deadline = time.monotonic() + 60
+        while c.get("/health").json().get("workers") != 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        yield c
+
+
+def test_health_is_honest_and_fast(client: TestClient) -> None:
+    started = time.monotonic()
+    r = client.get("/health")
+    assert time.monotonic() - started < 1.0
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "UP" and body["model_class"] == "SegGPT"
+    assert body["mode"] == "embedded" and body["redis"] == "embedded" and body["workers"] == 1
+
+
+def test_setup_answers_a_version_fast_and_rejects_unsupported_configs(client: TestClient) -> None:
+    body = captured("setup")
+    started = time.monotonic()
+    r = client.post("/setup", json=body)
+    assert time.monotonic() - started < 0.5
+    assert r.status_code == 200
+    assert r.json()["model_version"].startswith("seggpt-random-tiny")
+    bad = {
+        **body,
+        "schema": '<View><Image name="image" value="$image"/><Choices name="c" toName="image">'
+        '<Choice value="a"/></Choices></View>',
+    }
+    r = client.post("/setup", json=bad)
+    assert r.status_code == 422 and "BrushLabels" in r.json()["detail"]
+    r = client.post("/setup", json={"project": "1.1"})
+    assert r.status_code == 422 and "schema" in r.json()["detail"]
+
+
+def test_predict_without_examples_returns_empty_predictions_and_a_message(client: TestClient) -> None:
+    body = predict_body(50, [(1, UPLOADS[1]), (2, UPLOADS[2])])
+    r = client.post("/predict", json=body)
+    assert r.status_code == 200
+    out = r.json()
+    assert [e["result"] for e in out["results"]] == [[], []]
+    assert any("no examples yet" in m for m in out["messages"])
+
+
+def test_webhooks_then_predict_replays_recorded_requests(client: TestClient, images: ImageServer) -> None:
+    setup = client.post("/setup", json=captured("setup")).json()["model_version"]
+    r = client.post("/webhook", json=captured("webhook_annotation_created"))
+    assert r.status_code == 200 and r.json()["stored"] is True
+    version = client.post("/setup", json=captured("setup")).json()["model_version"]
+    assert version != setup  # a new example changes the model version
+
+    body = captured("predict_batch")
+    r = client.post("/predict", json=body)
+    assert r.status_code == 200
+    out = r.json()
+    assert len(out["results"]) == 3 and out["model_version"] == version
+    for entry in out["results"]:
+        assert entry["model_version"] == version and 0 <= entry["score"] <= 1
+        for region in entry["result"]:
+            assert (region["from_name"], region["to_name"], region["type"]) == ("tag", "image", "brushlabels")
+            assert (region["original_width"], region["original_height"]) == (96, 72)
+            assert region["value"]["brushlabels"][0] in ("Cat", "Dog")
+
+    # Asking again does not recompute (no new downloads) and answers the same, in order.
+    hits = dict(images.hits)
+    reordered = {**body, "tasks": list(reversed(body["tasks"]))}
+    again = client.post("/predict", json=reordered).json()
+    assert again["results"] == list(reversed(out["results"]))
+    assert images.hits == hits
+
+    # Tasks Label Studio already holds a current prediction for are answered with [] (no duplicate).
+    held = {**body, "tasks": [{**body["tasks"][0], "predictions": [{**out["results"][0], "id": 9}]}]}
+    assert client.post("/predict", json=held).json()["results"] == [[]]
+
+    # An edit changes the version; deleting the annotation removes the example.
+    r = client.post("/webhook", json=captured("webhook_annotation_updated"))
+    assert r.json()["stored"] is True
+    edited = client.post("/setup", json=captured("setup")).json()["model_version"]
+    assert edited != version
+    deleted = captured("webhook_annotations_deleted")
+    deleted["annotations"] = [{"id": 1}]
+    assert client.post("/webhook", json=deleted).json()["removed"] == 1
+    assert client.post("/setup", json=captured("setup")).json()["model_version"] == setup
+
+
+def test_interactive_request_returns_one_refined_region(client: TestClient) -> None:
+    client.post("/webhook", json=captured("webhook_annotation_created"))
+    body = captured("predict_interactive")
+    r = client.post("/predict", json=body)
+    assert r.status_code == 200
+    out = r.json()
+    assert len(out["results"]) == 1
+    result = out["results"][0]["result"]
+    assert len(result) <= 1
+    for region in result:
+        assert region["value"]["brushlabels"] == ["Cat"] and region["from_name"] == "tag"
+    bad = json.loads(json.dumps(body))
+    bad["params"]["context"]["result"][0]["value"]["keypointlabels"] = ["Bird"]
+    r = client.post("/predict", json=bad)
+    assert r.status_code == 422 and "'Bird'" in r.json()["detail"]
+
+
+def test_a_corrupt_image_fails_only_its_task(client: TestClient, images: ImageServer) -> None:
+    images.add("/data/upload/1/corrupt.png", b"\x89PNG\r\n\x1a\nnot really")
+    client.post(
+        "/webhook",
+        json=annotation_event(
+            "ANNOTATION_CREATED",
+            project=60,
+            annotation_id=600,
+            task_id=600,
+            image_url=UPLOADS[1],
+            masks=scene(72, 96, seed=1)[1],
+        ),
+    )
+    body = predict_body(60, [(601, UPLOADS[2]), (602, "/data/upload/1/corrupt.png"), (603, UPLOADS[3])])
+    out = client.post("/predict", json=body).json()
+    assert out["results"][1] == []
+    assert isinstance(out["results"][0], dict) and isinstance(out["results"][2], dict)
+    assert any("task 602" in m and "corrupt.png" in m for m in out["messages"])
+
+
+def test_webhook_events_without_work_are_acknowledged(client: TestClient) -> None:
+    for name in ("webhook_tasks_created", "webhook_start_training"):
+        r = client.post("/webhook", json=captured(name))
+        assert r.status_code == 200 and r.json()["status"] == "ok"
+    assert "no training" in client.post("/webhook", json=captured("webhook_start_training")).json()["detail"]
+    assert client.post("/webhook", json={"action": "PROJECT_UPDATED"}).json()["status"] == "ignored"
+
+
+def test_validation_errors_name_the_field(client: TestClient) -> None:
+    r = client.post("/predict", json={"label_config": "<View/>"})
+    assert r.status_code == 422 and "tasks" in r.json()["detail"]
+    r = client.post("/predict", json={"tasks": [{"id": "x", "data": {}}], "label_config": "<View/>"})
+    assert r.status_code == 422 and "tasks.0.id" in r.json()["detail"]
+    r = client.post("/webhook", content=b"not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_metrics_and_openapi(client: TestClient) -> None:
+    client.post("/predict", json=predict_body(50, [(1, UPLOADS[1])]))
+    text = client.get("/metrics").text
+    assert "# TYPE seggpt_predict_requests_total counter" in text
+    assert 'seggpt_predict_requests_total{kind="batch"}' in text
+    assert 'seggpt_queue_depth{queue="interactive"} 0' in text
+    assert "seggpt_workers 1" in text
+    spec = client.get("/openapi.json").json()
+    assert {"/health", "/setup", "/predict", "/webhook", "/metrics"} <= set(spec["paths"])
+
+
+def test_basic_auth_protects_everything_but_health(images: ImageServer) -> None:
+    app = create_app(_settings(images, basic_auth_user="ls", basic_auth_pass="s3cret"))
+    with TestClient(app) as c:
+        assert c.get("/health").status_code == 200
+        r = c.post("/setup", json=captured("setup"))
+        assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic")
+        wrong = base64.b64encode(b"ls:nope").decode()
+        assert (
+            c.post("/setup", json=captured("setup"), headers={"Authorization": f"Basic {wrong}"}).status_code
+            == 401
+        )
+        good = base64.b64encode(b"ls:s3cret").decode()
+        assert (
+            c.post("/setup", json=captured("setup"), headers={"Authorization": f"Basic {good}"}).status_code
+            == 200
+        )

@@ -1,0 +1,1 @@
+"""Queue workers (RQ) for seggpt-backend; see workers/worker.py."""

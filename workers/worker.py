@@ -1,0 +1,194 @@
+"""The GPU worker: an RQ ``SimpleWorker`` that loads SegGPT once and serves the backend's queues.
+
+Run one worker per GPU and choose the GPU with ``CUDA_VISIBLE_DEVICES``::
+
+    CUDA_VISIBLE_DEVICES=0 seggpt-backend worker --queues interactive,batch
+    CUDA_VISIBLE_DEVICES=1 seggpt-backend worker --queues interactive,batch
+
+Design:
+
+- ``SimpleWorker`` runs jobs in the worker process itself: no ``fork()`` after CUDA is
+  initialised (a forked child cannot use the parent's CUDA context), and the engine is loaded
+  exactly once, before the first job, and reused by every job.
+- Queues are listened to in priority order (``interactive`` before ``batch`` before ``tune``):
+  RQ's ``BLPOP`` over several lists serves the first non-empty one.
+- A heartbeat thread refreshes the worker's (and the job's) heartbeat during long jobs, so
+  monitoring never declares a busy worker dead.
+- While a job computes, the images of the next queued job are downloaded and decoded in the
+  background (:class:`~seggpt_backend.service.prefetch.ImagePrefetcher`).
+- Jobs are JSON (``JSONSerializer``); a job that raises is retried (twice) by RQ; one bad task
+  never raises (see :mod:`seggpt_backend.service.pipeline`). A job past its timeout is
+  interrupted (SIGALRM) with :class:`JobTimeout`, which per-task error handling cannot swallow.
+
+Entry point: :func:`run_worker` (wired to ``seggpt-backend worker``); ``python -m workers.worker``
+works too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from rq import SimpleWorker
+from rq.job import Job
+from rq.queue import Queue
+from rq.serializers import JSONSerializer
+from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
+
+from seggpt_backend.service import jobs
+from seggpt_backend.service.kv import RedisKV
+from seggpt_backend.service.queue import check_queue_names, rq_queue_name
+from seggpt_backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 15.0
+
+
+class JobTimeout(BaseException):
+    """A job ran past its timeout.
+
+    A ``BaseException`` on purpose: job code catches ``Exception`` per task (one bad image must
+    not fail a chunk), and RQ's own ``JobTimeoutException`` would be swallowed there and the job
+    would run on. RQ's ``perform_job`` catches everything, so the job still fails and is retried.
+    """
+
+
+class JobDeathPenalty(UnixSignalDeathPenalty):
+    """SIGALRM-based job timeout (main thread: ``SimpleWorker``) that raises :class:`JobTimeout`."""
+
+    def handle_death_penalty(self, signum: int, frame: Any) -> None:
+        if self._exception is JobTimeoutException:
+            raise JobTimeout(f"job exceeded its timeout of {self._timeout} s")
+        super().handle_death_penalty(signum, frame)
+
+
+class SegGptWorker(SimpleWorker):
+    """``SimpleWorker`` plus a heartbeat thread and next-job image prefetch (see module docstring)."""
+
+    heartbeat_s: float = HEARTBEAT_S
+    death_penalty_class = JobDeathPenalty
+
+    def __init__(self, *args: Any, context: jobs.WorkerContext, **kwargs: Any) -> None:
+        kwargs.setdefault("serializer", JSONSerializer)
+        super().__init__(*args, **kwargs)
+        self.context = context
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(job, stop), name="seggpt-heartbeat", daemon=True)
+        beat.start()
+        try:
+            self._prefetch_next(job)
+            super().execute_job(job, queue)
+        finally:
+            stop.set()
+            beat.join(timeout=5)
+
+    def _beat(self, job: Job, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat_s):
+            try:
+                execution = self.execution
+                if execution is not None:
+                    self.maintain_heartbeats(job, execution)
+                else:
+                    self.heartbeat()
+            except Exception as exc:  # a missed beat is logged; the job itself goes on
+                log.warning("heartbeat failed: %s", exc)
+
+    def _prefetch_next(self, current: Job) -> None:
+        """Start downloading the images of the next job waiting in our queues."""
+        try:
+            for q in self.queues:
+                for job_id in q.get_job_ids(0, 2):
+                    if job_id == current.id:
+                        continue
+                    nxt = q.fetch_job(job_id)
+                    payload = nxt.args[0] if nxt is not None and nxt.args else None
+                    if isinstance(payload, dict):
+                        self.context.prefetcher.warm(
+                            (url, int(t["id"]))
+                            for t in payload.get("tasks", [])
+                            for url in (t.get("images") or {}).values()
+                        )
+                        return
+        except Exception as exc:  # prefetch is an optimisation only
+            log.debug("prefetch of the next job skipped: %s", exc)
+
+
+def build_context(settings: Settings, connection: Any) -> jobs.WorkerContext:
+    """The worker's context: shared stores on ``connection``, engine loaded lazily by ``.engine``."""
+
+    def load() -> Any:
+        from seggpt_backend.engine.engine import load_engine
+
+        return load_engine(settings.seggpt_weights, device=settings.device, dtype=settings.dtype)
+
+    return jobs.WorkerContext(
+        settings, RedisKV(connection, settings.key_prefix), load, client=jobs.make_client(settings)
+    )
+
+
+def run_worker(
+    settings: Settings, queues: Sequence[str], *, burst: bool = False, max_jobs: int | None = None
+) -> None:
+    """Load the engine once, then process jobs from ``queues`` (logical names) until stopped.
+
+    ``burst``: exit when the queues are empty (tests, one-off batches). Raises ``SystemExit``
+    with a clear message when ``REDIS_URL`` is not set (embedded mode has no separate worker).
+    """
+    import redis
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not settings.redis_url:
+        raise SystemExit("seggpt-backend worker needs REDIS_URL (without it, `serve` runs jobs in-process)")
+    names = check_queue_names([n.strip() for q in queues for n in q.split(",") if n.strip()])
+    connection = redis.Redis.from_url(settings.redis_url)
+    context = build_context(settings, connection)
+    jobs.install(context)
+    engine = context.engine  # load now, before taking any job: the first job must not pay for it
+    log.info(
+        "worker ready: engine %s, queues %s, CUDA_VISIBLE_DEVICES=%s",
+        engine.model_version,
+        ",".join(names),
+        os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"),
+    )
+    rq_queues = [
+        Queue(rq_queue_name(settings.key_prefix, n), connection=connection, serializer=JSONSerializer)
+        for n in names
+    ]
+    worker = SegGptWorker(
+        rq_queues,
+        connection=connection,
+        context=context,
+        name=f"seggpt-{socket.gethostname()}-{os.getpid()}",
+    )
+    worker.heartbeat_s = settings.worker_heartbeat_s
+    try:
+        worker.work(burst=burst, max_jobs=max_jobs, logging_level=settings.log_level.upper())
+    finally:
+        context.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m workers.worker --queues interactive,batch [--burst]``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--queues", default="interactive,batch", help="comma-separated, e.g. interactive,batch"
+    )
+    parser.add_argument("--burst", action="store_true", help="exit once the queues are empty")
+    args = parser.parse_args(argv)
+    run_worker(
+        Settings.from_env(), [q.strip() for q in args.queues.split(",") if q.strip()], burst=args.burst
+    )
+
+
+if __name__ == "__main__":
+    main()
