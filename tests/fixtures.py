@@ -348,3 +348,8 @@ def scene(
     pixels = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     masks = {label: owner == index for index, label in enumerate(labels)}
     return pixels, masks
+
+
+# Requests recorded from a real Label Studio 1.23 (secrets redacted), copied from
+# ../shared/reference/ls-captured so that a plain clone has them.
+LS_CAPTURED = Path(__file__).resolve().parent / "data" / "ls-captured"

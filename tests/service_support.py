@@ -22,9 +22,10 @@ import numpy as np
 from PIL import Image
 
 from seggpt_backend.labelstudio import rle
+from tests.fixtures import LS_CAPTURED
 
 REPO = Path(__file__).resolve().parents[1]
-CAPTURED = Path("/work/shared/reference/ls-captured")
+CAPTURED = LS_CAPTURED
 REDIS_URL = os.environ.get("REDIS_URL_TEST", "redis://127.0.0.1:6379").rstrip("/")
 TEST_DB = 11
 LABEL_CONFIG = (
@@ -53,8 +54,21 @@ def cleanup_redis(prefix: str, db: int = TEST_DB) -> None:
 
     client = redis.Redis.from_url(redis_url(db))
     keys = list(client.scan_iter(match=f"*{prefix}*", count=1000))
+    job_ids: set[bytes] = set()
+    for key in keys:  # RQ queues and registries list job ids whose hashes do not embed the prefix
+        kind = client.type(key)
+        if kind == b"list":
+            job_ids.update(client.lrange(key, 0, -1))
+        elif kind == b"zset":
+            job_ids.update(m.split(b":")[0] for m in client.zrange(key, 0, -1))
+    for job_id in job_ids:
+        jid = job_id.decode()
+        keys += [f"rq:job:{jid}", f"rq:results:{jid}", f"rq:executions:{jid}", f"rq:job:{jid}:dependents"]
     if keys:
         client.delete(*keys)
+    ours = [m for m in client.smembers("rq:queues") if prefix.encode() in m]
+    if ours:
+        client.srem("rq:queues", *ours)
     client.close()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 
@@ -14,8 +13,9 @@ from seggpt_backend.labelstudio.label_config import (
     LabelDef,
     parse_label_config,
 )
+from tests.fixtures import LS_CAPTURED
 
-CAPTURED = Path("/work/shared/reference/ls-captured")
+CAPTURED = LS_CAPTURED
 CAPTURED_CONFIG = (
     '<View>\n  <Image name="image" value="$image" zoom="true"/>\n  <BrushLabels name="tag" toName="image">\n'
     '    <Label value="Cat" background="#FF0000"/>\n    <Label value="Dog" background="#0000FF"/>\n'

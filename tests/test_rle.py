@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,8 +12,9 @@ from hypothesis import strategies as st
 from label_studio_sdk.converter.brush import decode_rle, encode_rle, mask2rle
 
 from seggpt_backend.labelstudio import rle
+from tests.fixtures import LS_CAPTURED
 
-CAPTURED = Path("/work/shared/reference/ls-captured")
+CAPTURED = LS_CAPTURED
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
