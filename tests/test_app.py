@@ -57,21 +57,17 @@ def client(images):
         yield c
 
 
-def test_health_is_honest_and_fast(client: TestClient) -> None:
-    started = time.monotonic()
+def test_health_is_honest(client: TestClient) -> None:
     r = client.get("/health")
-    assert time.monotonic() - started < 1.0
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == "UP" and body["model_class"] == "SegGPT"
     assert body["mode"] == "embedded" and body["redis"] == "embedded" and body["workers"] == 1
 
 
-def test_setup_answers_a_version_fast_and_rejects_unsupported_configs(client: TestClient) -> None:
+def test_setup_answers_a_version_and_rejects_unsupported_configs(client: TestClient) -> None:
     body = captured("setup")
-    started = time.monotonic()
     r = client.post("/setup", json=body)
-    assert time.monotonic() - started < 0.5
     assert r.status_code == 200
     assert r.json()["model_version"].startswith("seggpt-random-tiny")
     bad = {
@@ -216,3 +212,43 @@ def test_basic_auth_protects_everything_but_health(images: ImageServer) -> None:
             c.post("/setup", json=captured("setup"), headers={"Authorization": f"Basic {good}"}).status_code
             == 200
         )
+
+
+def test_redis_down_is_reported_not_hidden(images: ImageServer) -> None:
+    import socket
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(_settings(images, redis_url=f"redis://127.0.0.1:{port}/0"))
+    with TestClient(app) as c:
+        r = c.get("/health")
+        assert r.status_code == 503
+        assert r.json()["status"] == "DOWN" and r.json()["redis"].startswith("unavailable")
+        r = c.post("/setup", json=captured("setup"))
+        assert r.status_code == 503 and "Redis is unavailable" in r.json()["detail"]
+        assert "seggpt_redis_up 0" in c.get("/metrics").text
+
+
+def test_without_workers_predict_answers_at_once_and_leaves_tasks_for_write_back(images: ImageServer) -> None:
+    from seggpt_backend.service.results import ResultStore
+    from tests.service_support import cleanup_redis, new_prefix, redis_url
+
+    prefix = new_prefix()
+    app = create_app(_settings(images, redis_url=redis_url(), key_prefix=prefix))
+    try:
+        with TestClient(app) as c:
+            health = c.get("/health").json()
+            assert health["status"] == "UP" and health["workers"] == 0 and "no worker" in health["warning"]
+            c.post("/webhook", json=captured("webhook_annotation_created"))
+            version = c.post("/setup", json=captured("setup")).json()["model_version"]
+            out = c.post("/predict", json=captured("predict_batch")).json()
+            assert out["results"] == [[], [], []]
+            assert any("no worker is running" in m for m in out["messages"])
+            store: ResultStore = app.state.runtime.results
+            assert all(store.writeback_requested("1", version, t) for t in (3, 4, 5))
+            assert (
+                'seggpt_queue_depth{queue="batch"} 1' in c.get("/metrics").text
+            )  # the chunk waits for a worker
+    finally:
+        cleanup_redis(prefix)

@@ -70,14 +70,6 @@ def _basic_auth_ok(header: str | None, user: str, password: str) -> bool:
     return ok_user and ok_pass
 
 
-def _is_redis_error(exc: BaseException) -> bool:
-    try:
-        import redis
-    except ImportError:  # pragma: no cover - redis is a dependency
-        return False
-    return isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError)
-
-
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
     """The FastAPI app; builds its :class:`Runtime` at start-up unless one is given."""
     settings = settings or (runtime.settings if runtime else Settings.from_env())
@@ -88,6 +80,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         own = state["rt"] is None
         if own:
             state["rt"] = Runtime.create(settings)
+        app.state.runtime = state["rt"]
         try:
             yield
         finally:
@@ -141,13 +134,21 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     async def unavailable(_: Request, exc: predict_mod.Unavailable) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
-    @app.exception_handler(Exception)
-    async def crashed(_: Request, exc: Exception) -> JSONResponse:
-        if _is_redis_error(exc):
+    try:
+        import redis
+
+        redis_errors: tuple[type[Exception], ...] = (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+        )
+    except ImportError:  # pragma: no cover - redis is a dependency
+        redis_errors = ()
+    for exc_class in redis_errors:
+
+        @app.exception_handler(exc_class)
+        async def redis_down(_: Request, exc: Exception) -> JSONResponse:
             log.error("Redis unavailable: %s", exc)
             return JSONResponse({"detail": f"Redis is unavailable: {type(exc).__name__}"}, status_code=503)
-        log.exception("unhandled error")
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
     @app.get("/health")
     def health() -> JSONResponse:

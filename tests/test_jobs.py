@@ -1,0 +1,139 @@
+"""Job entry points: idempotent results, exactly-once write-back, interactive answers (real Redis)."""
+
+from __future__ import annotations
+
+import pytest
+
+from seggpt_backend.engine.engine import load_engine
+from seggpt_backend.service import jobs
+from seggpt_backend.service.kv import RedisKV
+from seggpt_backend.service.pipeline import Target
+from seggpt_backend.service.predict import predict_payload
+from seggpt_backend.service.protocol import Task
+from seggpt_backend.service.refine import Prompt
+from seggpt_backend.settings import Settings
+from tests.fixtures import scene
+from tests.service_support import (
+    ImageServer,
+    annotation_event,
+    cleanup_redis,
+    new_prefix,
+    png_bytes,
+    redis_url,
+)
+
+TARGETS = [Target("tag", "image", "image", ("Cat", "Dog"))]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return load_engine("random:tiny", device="cpu")
+
+
+@pytest.fixture
+def ctx(engine):
+    images = ImageServer()
+    prefix = new_prefix()
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": redis_url(),
+            "SEGGPT_KEY_PREFIX": prefix,
+            "LABEL_STUDIO_URL": images.url,
+            "LABEL_STUDIO_API_KEY": "test-token",
+        }
+    )
+    context = jobs.WorkerContext(
+        settings, RedisKV.from_url(redis_url(), prefix), lambda: engine, client=jobs.make_client(settings)
+    )
+    context.images = images  # type: ignore[attr-defined]
+    image, masks = scene(48, 64, seed=1)
+    images.add("/data/upload/1/ex.png", png_bytes(image))
+    for i in range(3):
+        images.add(f"/data/upload/1/q{i}.png", png_bytes(scene(48, 64, seed=10 + i)[0]))
+    from seggpt_backend.service.examples import record_from_annotation
+
+    ev = annotation_event(
+        "ANNOTATION_CREATED",
+        project=1,
+        annotation_id=1,
+        task_id=1,
+        image_url="/data/upload/1/ex.png",
+        masks=masks,
+    )
+    context.examples.upsert("1", record_from_annotation(ev["annotation"], ev["task"], {"image": "image"}))
+    context.kv.hset("ex:1:state", {"populated": "1"})
+    yield context
+    context.close()
+    images.close()
+    cleanup_redis(prefix)
+
+
+def _payload(task_ids, **kw):
+    tasks = [Task(id=t, data={"image": f"/data/upload/1/q{t % 3}.png"}) for t in task_ids]
+    return predict_payload(
+        project="1", model_version="v1", targets=TARGETS, tasks=tasks, channel="ch", queue="batch", **kw
+    )
+
+
+def test_results_are_stored_once_and_a_rerun_does_not_recompute(ctx) -> None:
+    first = jobs.execute_predict(ctx, _payload([10, 11]))
+    assert first == {"tasks": 2, "computed": 2, "failed": 0}
+    stored = ctx.results.get_many("1", "v1", [10, 11])
+    assert set(stored) == {10, 11} and all(e["model_version"] == "v1" for e in stored.values())
+    hits = dict(ctx.images.hits)
+    assert jobs.execute_predict(ctx, _payload([10, 11])) == {"tasks": 2, "computed": 0}
+    assert ctx.images.hits == hits
+    assert ctx.results.wait("ch", 0.1)  # the waiting request was woken
+    assert ctx.images.posted == []  # nobody asked for a write-back
+
+
+def test_write_back_happens_once_and_not_after_the_server_claimed(ctx) -> None:
+    ctx.results.request_writeback("1", "v1", 20)
+    ctx.results.request_writeback("1", "v1", 21)
+    assert ctx.results.claim("1", "v1", 21)  # the server delivered task 21 in its response
+    jobs.execute_predict(ctx, _payload([20, 21]))
+    assert [(p, b["task"]) for p, b in ctx.images.posted] == [("/api/predictions", 20)]
+    assert ctx.images.posted[0][1]["model_version"] == "v1"
+    assert not ctx.results.writeback_requested("1", "v1", 20)  # done
+    jobs.execute_predict(ctx, _payload([20, 21]))  # a retried job
+    assert len(ctx.images.posted) == 1
+
+
+def test_failed_write_back_is_released_for_a_later_attempt(ctx, engine) -> None:
+    # Label Studio's API is down (nothing listens on its port); images come from an allowed host.
+    host = ctx.images.url.removeprefix("http://")
+    down = Settings.from_env(
+        {"LABEL_STUDIO_URL": "http://127.0.0.1:9", "LABEL_STUDIO_API_KEY": "x", "SEGGPT_ALLOWED_HOSTS": host}
+    )
+    broken = jobs.WorkerContext(ctx.settings, ctx.kv, lambda: engine, client=jobs.make_client(down))
+    try:
+        ctx.results.request_writeback("1", "v1", 30)
+        payload = _payload([30])
+        payload["tasks"][0]["images"]["image"] = ctx.images.url + "/data/upload/1/q0.png"
+        jobs.execute_predict(broken, payload)
+        assert "result" in ctx.results.get_many("1", "v1", [30])[30]
+        assert ctx.results.writeback_requested("1", "v1", 30)
+        assert ctx.results.claim("1", "v1", 30)  # the claim was given back for a later attempt
+        assert "seggpt_writeback_failures_total 1" in ctx.metrics.render()
+    finally:
+        broken.close()
+
+
+def test_a_failed_task_is_not_cached_as_a_result(ctx) -> None:
+    payload = _payload([40])
+    payload["tasks"][0]["images"]["image"] = "/data/upload/1/missing.png"
+    jobs.execute_predict(ctx, payload)
+    assert "404" in ctx.results.get_many("1", "v1", [40])[40]["error"]
+    ctx.images.add("/data/upload/1/missing.png", png_bytes(scene(48, 64, seed=3)[0]))
+    assert jobs.execute_predict(ctx, payload)["computed"] == 1  # recomputed, not served from the error
+    assert "result" in ctx.results.get_many("1", "v1", [40])[40]
+
+
+def test_interactive_answers_go_to_the_request_not_the_cache(ctx) -> None:
+    prompt = Prompt("Cat", "tag", "image", points=((50.0, 50.0, True),))
+    payload = _payload([50], prompt=prompt)
+    payload["channel"] = "req-1"
+    jobs.execute_predict(ctx, payload)
+    entry = ctx.results.get_interactive("req-1")
+    assert entry is not None and all(r["value"]["brushlabels"] == ["Cat"] for r in entry["result"])
+    assert ctx.results.get_many("1", "v1", [50]) == {}

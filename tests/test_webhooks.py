@@ -1,0 +1,95 @@
+"""Webhook events keep the example store current and never compute."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from seggpt_backend.service.kv import MemoryKV
+from seggpt_backend.service.materialize import Materializer
+from seggpt_backend.service.protocol import WebhookEvent
+from seggpt_backend.service.queue import InProcessJobQueue
+from seggpt_backend.service.runtime import Runtime
+from seggpt_backend.service.webhooks import handle
+from seggpt_backend.settings import Settings
+from tests.service_support import captured
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.jobs: list[tuple[str, str, dict]] = []
+        self.done = threading.Event()
+
+    def __call__(self, queue: str, kind: str, payload: dict) -> None:
+        self.jobs.append((queue, kind, payload))
+        self.done.set()
+
+
+def _runtime(recorder: Recorder, **over) -> Runtime:
+    return Runtime(Settings.from_env({}, **over), MemoryKV(), InProcessJobQueue(recorder))
+
+
+def _event(name: str, **changes) -> WebhookEvent:
+    body = json.loads(json.dumps(captured(name)))
+    body.update(changes)
+    return WebhookEvent(**body)
+
+
+def test_created_updated_deleted_cycle() -> None:
+    rt = _runtime(Recorder())
+    try:
+        out = handle(rt, _event("webhook_annotation_created"))
+        assert out["stored"] is True and rt.examples.count("1") == 1
+        rev = rt.examples.revisions("1")["1"]
+        rt.kv.hset(Materializer.key("1", 1, rev), {"image|meta": "{}"})  # pretend pixels were cached
+        out = handle(rt, _event("webhook_annotation_updated"))
+        assert out["stored"] is True
+        (label,) = {r.label for r in rt.examples.records("1")[0].regions}
+        assert label == "Cat"  # the update dropped the Dog region
+        assert not rt.kv.exists(Materializer.key("1", 1, rev))  # stale pixels forgotten
+        deleted = _event("webhook_annotations_deleted", annotations=[{"id": 1}, {"id": 99}])
+        assert handle(rt, deleted)["removed"] == 1 and rt.examples.count("1") == 0
+    finally:
+        rt.close()
+
+
+def test_skipped_or_emptied_annotation_stops_being_an_example() -> None:
+    rt = _runtime(Recorder())
+    try:
+        handle(rt, _event("webhook_annotation_created"))
+        body = captured("webhook_annotation_updated")
+        body["annotation"]["was_cancelled"] = True
+        out = handle(rt, WebhookEvent(**body))
+        assert out["stored"] is False and rt.examples.count("1") == 0
+    finally:
+        rt.close()
+
+
+def test_unsupported_config_and_missing_project_are_ignored_with_a_reason() -> None:
+    rt = _runtime(Recorder())
+    try:
+        body = captured("webhook_annotation_created")
+        body["project"]["label_config"] = '<View><Image name="image" value="$image"/></View>'
+        out = handle(rt, WebhookEvent(**body))
+        assert out["status"] == "ignored" and "BrushLabels" in out["reason"]
+        assert handle(rt, WebhookEvent(action="ANNOTATION_CREATED"))["status"] == "ignored"
+        assert rt.examples.count("1") == 0
+    finally:
+        rt.close()
+
+
+def test_start_training_resyncs_examples_in_a_queued_job() -> None:
+    rec = Recorder()
+    rt = _runtime(rec, label_studio_url="http://127.0.0.1:9")
+    try:
+        out = handle(rt, _event("webhook_start_training"))
+        assert out["status"] == "ok" and "re-syncing" in out["detail"]
+        assert rec.done.wait(5)
+        assert rec.jobs == [("interactive", "sync", {"project": "1", "force": True})]
+    finally:
+        rt.close()
+    rt = _runtime(Recorder())
+    try:
+        assert "nothing to sync" in handle(rt, _event("webhook_start_training"))["detail"]
+    finally:
+        rt.close()
