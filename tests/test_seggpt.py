@@ -198,6 +198,7 @@ def test_attention_implementations_agree() -> None:
     ours, _ = _models(cfg)
     images, targets = _canvases(cfg, batch=2)
     with torch.no_grad():
+        ours.set_attention_impl("augmented")
         augmented = ours(images, targets)
         ours.set_attention_impl("bias")
         bias = ours(images, targets)
