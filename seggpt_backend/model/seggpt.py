@@ -55,30 +55,33 @@ def _attention(
 
     ``impl="augmented"`` (default): appending ``rel_h`` and ``rel_w`` to the scaled ``q`` and
     matching one-hot codes of each key's row and column to ``k`` makes ``q' . k'`` equal to the
-    biased logit, so no ``L x L`` bias is ever built and SDPA's fused kernels apply (the width
-    is padded to a multiple of 8, which the fused GPU kernels need).
-    ``impl="bias"``: SDPA with the materialised additive bias (``B x heads x L x L``); on CPU
-    its fused kernel is ~3x faster than the augmented product (bench/RESULTS.md).
-    ``impl="auto"``: ``bias`` on CPU, ``augmented`` elsewhere.
+    biased logit, so no ``L x L`` bias is ever built. ``v`` is zero-padded to the same width
+    (a multiple of 8) because SDPA's fused kernels need equal head widths; without that they
+    fall back to the unfused path that materialises the scores (bench/RESULTS.md).
+    ``impl="bias"``: SDPA with the materialised additive bias (``B x heads x L x L``).
+    ``impl="auto"``: ``bias`` for CPU inference, where its fused kernel measured ~20 % faster;
+    ``augmented`` otherwise (on GPUs, and for gradients, whose saved ``L x L`` bias would cost
+    ~157 MB per image per block at ViT-L size).
     """
     rows, cols = grid
     length = rows * cols
     if impl == "auto":
-        impl = "bias" if q.device.type == "cpu" else "augmented"
+        impl = "bias" if q.device.type == "cpu" and not torch.is_grad_enabled() else "augmented"
     if impl == "bias":
         bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(*q.shape[:2], length, length)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-    scale = q.shape[-1] ** -0.5
-    dtype = q.dtype
-    width = q.shape[-1] + rows + cols
+    d = q.shape[-1]
+    width = d + rows + cols
     pad = -width % 8
-    eye_h = torch.eye(rows, dtype=dtype, device=q.device).repeat_interleave(cols, dim=0)  # (L, rows)
-    eye_w = torch.eye(cols, dtype=dtype, device=q.device).repeat(rows, 1)  # (L, cols)
+    eye_h = torch.eye(rows, dtype=q.dtype, device=q.device).repeat_interleave(cols, dim=0)  # (L, rows)
+    eye_w = torch.eye(cols, dtype=q.dtype, device=q.device).repeat(rows, 1)  # (L, cols)
     codes = torch.cat([eye_h, eye_w, eye_w.new_zeros(length, pad)], dim=-1).expand(*k.shape[:2], -1, -1)
-    extra = [q.new_zeros(*q.shape[:3], pad)] if pad else []
-    q_aug = torch.cat([q * scale, rel_h.flatten(2, 3), rel_w.flatten(2, 3), *extra], dim=-1)
+    q_aug = torch.cat(
+        [q * d**-0.5, rel_h.flatten(2, 3), rel_w.flatten(2, 3), q.new_zeros(*q.shape[:3], pad)], -1
+    )
     k_aug = torch.cat([k, codes], dim=-1)
-    return F.scaled_dot_product_attention(q_aug, k_aug, v, scale=1.0)
+    v_aug = F.pad(v, (0, width + pad - d))
+    return F.scaled_dot_product_attention(q_aug, k_aug, v_aug, scale=1.0)[..., :d]
 
 
 class Attention(nn.Module):
