@@ -176,6 +176,16 @@ def test_webhook_events_without_work_are_acknowledged(client: TestClient) -> Non
     assert client.post("/webhook", json={"action": "PROJECT_UPDATED"}).json()["status"] == "ignored"
 
 
+def test_predict_rejects_an_unsupported_config_with_the_reason(client: TestClient) -> None:
+    body = captured("predict_batch")
+    body["label_config"] = '<View><Image name="image" value="$image"/><Brush name="b" toName="image"/></View>'
+    r = client.post("/predict", json=body)
+    assert r.status_code == 422
+    assert (
+        r.json()["detail"].startswith("unsupported labelling config:") and "BrushLabels" in r.json()["detail"]
+    )
+
+
 def test_validation_errors_name_the_field(client: TestClient) -> None:
     r = client.post("/predict", json={"label_config": "<View/>"})
     assert r.status_code == 422 and "tasks" in r.json()["detail"]

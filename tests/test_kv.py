@@ -68,3 +68,13 @@ def test_redis_keys_are_prefixed() -> None:
         assert kv.client.get("k") is None
     finally:
         cleanup_redis(prefix)
+
+
+def test_memory_kv_sweeps_expired_keys_nobody_reads() -> None:
+    kv = MemoryKV()
+    for i in range(10):
+        kv.set(f"old{i}", "x", ex=0.01)
+    time.sleep(0.05)
+    for i in range(MemoryKV.SWEEP_EVERY):
+        kv.set("fresh", str(i))
+    assert not any(k.startswith("old") for k in kv._data)

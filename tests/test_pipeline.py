@@ -162,3 +162,76 @@ def test_picker_dedups_tasks_limits_pool_and_retrieves_look_alikes() -> None:
     )
     assert recent.pick(TARGETS[0], "Cat", None)[0].id.startswith("ann3-")
     assert np.asarray(chosen.masks["Cat"]).dtype == bool
+
+
+def test_exif_rotated_query_gets_regions_in_displayed_size(engine, tmp_path) -> None:
+    from tests.fixtures import jpeg_with_exif_orientation
+
+    files = Files()
+    records = [_example(files, 1, 100, seed=1)]
+    path = tmp_path / "rotated.jpg"
+    displayed = jpeg_with_exif_orientation(path, 6, (64, 96))  # displayed W=64, H=96; stored 96 x 64
+    assert displayed.shape[:2] == (96, 64)
+    files.data["/rot.jpg"] = path.read_bytes()
+    out = _run(files, records, [{"id": 1, "images": {"image": "/rot.jpg"}}], engine)
+    assert out.entries[1]["result"]
+    for region in out.entries[1]["result"]:
+        assert (region["original_width"], region["original_height"]) == (64, 96)
+
+
+def test_split_components_gives_one_connected_region_each(engine) -> None:
+    from seggpt_backend.labelstudio import rle
+    from seggpt_backend.service.components import label
+
+    files = Files()
+    records = [_example(files, 1, 100, seed=1)]
+    files.data["/q.png"] = png_bytes(scene(64, 96, seed=5)[0])
+    out = _run(
+        files,
+        records,
+        [{"id": 1, "images": {"image": "/q.png"}}],
+        engine,
+        options=Options(num_examples=1, split_components=True),
+    )
+    regions = out.entries[1]["result"]
+    assert len({r["id"] for r in regions}) == len(regions) > 0
+    for r in regions:
+        assert label(rle.decode(r["value"]["rle"], 64, 96) > 0)[1] == 1
+
+
+def test_two_brush_controls_on_two_images(engine) -> None:
+    files = Files()
+    a, ma = scene(48, 64, seed=1)
+    b, mb = scene(48, 64, seed=2)
+    files.data["/a.png"], files.data["/b.png"] = png_bytes(a), png_bytes(b)
+    result = brush_result({"Cat": ma["Cat"]}) + brush_result(
+        {"Dog": mb["Dog"]}, from_name="tag2", to_name="image2"
+    )
+    rec = record_from_annotation(
+        {"id": 1, "updated_at": "t", "result": result},
+        {"id": 9, "data": {"image": "/a.png", "other": "/b.png"}},
+        {"image": "image", "image2": "other"},
+    )
+    assert rec is not None and rec.images == {"image": "/a.png", "image2": "/b.png"}
+    targets = [Target("tag", "image", "image", ("Cat",)), Target("tag2", "image2", "other", ("Dog",))]
+    files.data["/qa.png"], files.data["/qb.png"] = (
+        png_bytes(scene(40, 50, seed=3)[0]),
+        png_bytes(scene(30, 70, seed=4)[0]),
+    )
+    out = run_chunk(
+        project="1",
+        model_version="v",
+        targets=targets,
+        tasks=[{"id": 1, "images": {"image": "/qa.png", "other": "/qb.png"}}],
+        records=[rec],
+        materializer=Materializer(MemoryKV(), files.fetch, max_pixels=10**8),
+        engine=engine,
+        load=files.load,
+        options=Options(),
+        pool=files.pool,
+    )
+    seen = {
+        (r["from_name"], r["to_name"], r["value"]["brushlabels"][0], r["original_width"])
+        for r in out.entries[1]["result"]
+    }
+    assert seen == {("tag", "image", "Cat", 50), ("tag2", "image2", "Dog", 70)}

@@ -43,6 +43,7 @@ from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 from seggpt_backend.service import jobs
 from seggpt_backend.service.kv import RedisKV
 from seggpt_backend.service.queue import check_queue_names, rq_queue_name
+from seggpt_backend.service.runtime import configure_logging
 from seggpt_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -144,9 +145,7 @@ def run_worker(
     """
     import redis
 
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings)
     if not settings.redis_url:
         raise SystemExit("seggpt-backend worker needs REDIS_URL (without it, `serve` runs jobs in-process)")
     names = check_queue_names([n.strip() for q in queues for n in q.split(",") if n.strip()])

@@ -32,15 +32,15 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from seggpt_backend.service import predict as predict_mod
 from seggpt_backend.service import webhooks
 from seggpt_backend.service.protocol import (
-    ConfigUnsupported,
     PredictRequest,
+    RequestError,
     SetupRequest,
     WebhookEvent,
     parse_targets,
     project_key,
 )
 from seggpt_backend.service.refine import PromptError
-from seggpt_backend.service.runtime import Runtime
+from seggpt_backend.service.runtime import Runtime, configure_logging
 from seggpt_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             {"detail": "invalid request: " + "; ".join(problems), "errors": problems}, status_code=422
         )
 
-    @app.exception_handler(ConfigUnsupported)
-    async def unsupported(_: Request, exc: ConfigUnsupported) -> JSONResponse:
+    @app.exception_handler(RequestError)
+    async def unsupported(_: Request, exc: RequestError) -> JSONResponse:
         log.warning("%s", exc)
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
@@ -218,8 +218,6 @@ def run_server(settings: Settings, host: str, port: int) -> None:
     """Serve the backend with uvicorn (one process; jobs run on RQ workers or in-process)."""
     import uvicorn
 
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings)
     log.info("serving on %s:%d (%s mode)", host, port, "embedded" if settings.embedded else "redis")
     uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(), workers=1)

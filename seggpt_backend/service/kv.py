@@ -117,10 +117,22 @@ class RedisKV:
 class MemoryKV:
     """In-process :class:`KV` for embedded mode (thread-safe; expiry checked lazily)."""
 
+    SWEEP_EVERY = 1000  # writes between sweeps of expired keys (lazy expiry alone would leak)
+
     def __init__(self) -> None:
         self._data: dict[str, Any] = {}
         self._expiry: dict[str, float] = {}
         self._cond = threading.Condition()
+        self._writes = 0
+
+    def _sweep(self) -> None:
+        self._writes += 1
+        if self._writes % self.SWEEP_EVERY:
+            return
+        now = time.monotonic()
+        for key in [k for k, deadline in self._expiry.items() if deadline <= now]:
+            self._data.pop(key, None)
+            self._expiry.pop(key, None)
 
     def _live(self, key: str) -> bool:
         deadline = self._expiry.get(key)
@@ -152,6 +164,7 @@ class MemoryKV:
         with self._cond:
             if nx and self._live(key):
                 return False
+            self._sweep()
             self._data[key] = _b(value)
             if ex is None:
                 self._expiry.pop(key, None)

@@ -18,7 +18,11 @@ from seggpt_backend.service.pipeline import Target
 log = logging.getLogger(__name__)
 
 
-class ConfigUnsupported(ValueError):
+class RequestError(ValueError):
+    """A request that is well-formed JSON but cannot be served; answered 422 with the message."""
+
+
+class ConfigUnsupported(RequestError):
     """The project's labelling config has nothing this backend can predict; the message says why."""
 
 
@@ -77,11 +81,14 @@ def project_key(project: str | int | None, tasks: list[Task] | None = None) -> s
     if project is not None and str(project).strip():
         from seggpt_backend.labelstudio.client import parse_project_id
 
-        return str(parse_project_id(str(project)))
+        try:
+            return str(parse_project_id(str(project)))
+        except ValueError as exc:
+            raise RequestError(str(exc)) from exc
     for task in tasks or []:
         if task.project is not None:
             return str(task.project)
-    raise ConfigUnsupported("the request names no project (field 'project')")
+    raise RequestError("the request names no project (field 'project')")
 
 
 def parse_targets(label_config: str) -> list[Target]:

@@ -31,6 +31,15 @@ from seggpt_backend.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def configure_logging(settings: Settings) -> None:
+    """Process-wide logging at ``LOG_LEVEL``. httpx is kept at WARNING: at INFO it logs every
+    request URL, and presigned storage URLs carry credentials."""
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
 def fallback_engine_version(spec: str) -> str:
     """Engine version used before any worker published one (derived from the weights spec)."""
     return "seggpt-" + re.sub(r"[^A-Za-z0-9._-]+", "_", spec.rsplit("/", 1)[-1] or spec)[:48]
