@@ -1,0 +1,1 @@
+"""The in-house demo SegGPT: procedural in-context tasks, training, shipped weights."""
