@@ -159,9 +159,10 @@ def run_chunk(
     With ``prompt`` (interactive), only the prompt's label on its control is predicted and refined.
     """
     out = ChunkOutcome()
+    # With one BrushLabels control, examples match by label alone (survives a renamed control).
+    picker = ExamplePicker(project, records, materializer, options, single_target=len(targets) == 1)
     if prompt is not None:
         targets = [t for t in targets if t.from_name == prompt.from_name]
-    picker = ExamplePicker(project, records, materializer, options, single_target=len(targets) == 1)
     futures: dict[tuple[int, str], Future[LoadedImage]] = {}
     for task in tasks:
         tid = int(task["id"])
