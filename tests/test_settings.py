@@ -1,0 +1,45 @@
+"""Settings come from the environment, once, and every one is documented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from seggpt_backend.settings import Settings
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    text = README.read_text()
+    missing = [name for name in Settings.env_names() if f"`{name}`" not in text]
+    assert not missing, f"document these settings in README.md: {missing}"
+
+
+def test_from_env_parses_types_and_ignores_empty_values() -> None:
+    env = {
+        "SEGGPT_NUM_EXAMPLES": "8",
+        "SEGGPT_PREDICT_BUDGET_S": "12.5",
+        "SEGGPT_SPLIT_COMPONENTS": "true",
+        "SEGGPT_ALLOWED_HOSTS": "cdn.example.com, s3.example.com",
+        "REDIS_URL": "",
+        "PORT": "9191",
+    }
+    s = Settings.from_env(env)
+    assert (s.num_examples, s.predict_budget_s, s.split_components, s.port) == (8, 12.5, True, 9191)
+    assert s.allowed_hosts == ("cdn.example.com", "s3.example.com")
+    assert s.embedded and s.seggpt_weights == "demo"
+    assert Settings.from_env(env, port=1).port == 1
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    s = Settings.from_env(
+        {"LABEL_STUDIO_API_KEY": "tok-123", "BASIC_AUTH_PASS": "pw-456", "REDIS_URL": "redis://:pw@x"}
+    )
+    assert "tok-123" not in repr(s) and "pw-456" not in repr(s) and ":pw@" not in repr(s)
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(AttributeError):
+        Settings().port = 1  # type: ignore[misc]
