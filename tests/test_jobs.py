@@ -79,7 +79,10 @@ def test_results_are_stored_once_and_a_rerun_does_not_recompute(ctx) -> None:
     first = jobs.execute_predict(ctx, _payload([10, 11]))
     assert first == {"tasks": 2, "computed": 2, "failed": 0}
     stored = ctx.results.get_many("1", "v1", [10, 11])
-    assert set(stored) == {10, 11} and all(e["model_version"] == "v1" for e in stored.values())
+    assert set(stored) == {10, 11}  # stored under the requested version...
+    actual = ctx.model_version("1")
+    assert actual.startswith("seggpt-random-tiny-0.ex-")
+    assert all(e["model_version"] == actual for e in stored.values())  # ...carrying the computed one
     hits = dict(ctx.images.hits)
     assert jobs.execute_predict(ctx, _payload([10, 11])) == {"tasks": 2, "computed": 0}
     assert ctx.images.hits == hits
@@ -93,7 +96,7 @@ def test_write_back_happens_once_and_not_after_the_server_claimed(ctx) -> None:
     assert ctx.results.claim("1", "v1", 21)  # the server delivered task 21 in its response
     jobs.execute_predict(ctx, _payload([20, 21]))
     assert [(p, b["task"]) for p, b in ctx.images.posted] == [("/api/predictions", 20)]
-    assert ctx.images.posted[0][1]["model_version"] == "v1"
+    assert ctx.images.posted[0][1]["model_version"] == ctx.model_version("1")
     assert not ctx.results.writeback_requested("1", "v1", 20)  # done
     jobs.execute_predict(ctx, _payload([20, 21]))  # a retried job
     assert len(ctx.images.posted) == 1

@@ -104,7 +104,8 @@ def test_job_fills_examples_on_first_use_and_writes_back_once(
         jobs.execute_predict(ctx, payload)
         assert ctx.examples.count(str(project)) == 1  # filled from Label Studio on first use
         preds = label_studio.predictions(tasks[2])
-        assert len(preds) == 1 and preds[0]["model_version"] == version
+        # Written back with the version the worker computed with (what /setup reports from now on).
+        assert len(preds) == 1 and preds[0]["model_version"] == ctx.model_version(str(project))
         assert all(r["type"] == "brushlabels" for r in preds[0]["result"])
         jobs.execute_predict(ctx, payload)  # a retried job neither recomputes nor posts again
         assert len(label_studio.predictions(tasks[2])) == 1

@@ -234,3 +234,21 @@ def test_a_job_past_its_timeout_fails_but_the_worker_goes_on(dep: Deployment) ->
         ok = c.post("/predict", json=predict_body(7, [(42, "/data/upload/7/q8.png")])).json()
         assert isinstance(ok["results"][0], dict)
         assert proc.poll() is None
+
+
+@pytest.mark.slow
+def test_tasks_queued_before_any_worker_are_written_back_with_the_version_setup_reports(
+    dep: Deployment,
+) -> None:
+    with dep.client() as c:
+        c.post("/webhook", json=dep.example)
+        setup = {"project": "7.1", "schema": dep.example["project"]["label_config"]}
+        before = c.post("/setup", json=setup).json()["model_version"]
+        assert before.startswith("seggpt-random_tiny.ex-")  # no worker yet: derived from the spec
+        body = predict_body(7, [(60, "/data/upload/7/q1.png"), (61, "/data/upload/7/q2.png")])
+        assert c.post("/predict", json=body).json()["results"] == [[], []]
+        with worker_process(dep.env, log_path=dep.log):
+            wait_for(lambda: len(dep.images.posted) == 2, timeout=90)
+            after = c.post("/setup", json=setup).json()["model_version"]
+        assert after != before and after.startswith("seggpt-random-tiny-0.ex-")
+        assert {b["model_version"] for _, b in dep.images.posted} == {after}

@@ -189,6 +189,11 @@ def digest_of(revs: Mapping[str, str]) -> str:
     return hashlib.sha1(body.encode()).hexdigest()[:10]
 
 
+def compose_model_version(engine_version: str, digest: str) -> str:
+    """The model version Label Studio sees: ``<engine version>.ex-<examples digest>``."""
+    return f"{engine_version}.ex-{digest}"
+
+
 class ExampleStore:
     """Per-project example records on a :class:`KV` (see the module docstring for keys)."""
 

@@ -6,8 +6,9 @@ payload (see :func:`seggpt_backend.service.predict.predict_payload`) and use the
 :class:`WorkerContext` that ``workers/worker.py`` installs after loading the engine once (in
 embedded mode, the server's in-process queue installs its own).
 
-Idempotence: results are keyed by (project, model version, task id); a retried or duplicated job
-skips tasks whose result exists. Delivery to Label Studio happens exactly once per result: the
+Idempotence: results are keyed by (project, requested model version, task id); a retried or
+duplicated job skips tasks whose result exists. Each result carries the version it was actually
+computed with (see :mod:`seggpt_backend.service.runtime`). Delivery to Label Studio happens exactly once per result: the
 HTTP response or, when the server gave up waiting (``wb:`` flag), a write-back through the API,
 arbitrated by the ``posted:`` claim (see :mod:`seggpt_backend.service.results`).
 """
@@ -23,7 +24,7 @@ from typing import Any
 
 from seggpt_backend.engine.interface import Engine
 from seggpt_backend.service import sync
-from seggpt_backend.service.examples import ExampleStore
+from seggpt_backend.service.examples import ExampleStore, compose_model_version
 from seggpt_backend.service.kv import KV
 from seggpt_backend.service.materialize import Materializer
 from seggpt_backend.service.metrics import Metrics
@@ -80,6 +81,10 @@ class WorkerContext:
                     "engine", {"version": self._engine.model_version, "loaded_at": repr(time.time())}
                 )
             return self._engine
+
+    def model_version(self, project: str) -> str:
+        """The version this worker predicts ``project`` with now (its engine, current examples)."""
+        return compose_model_version(self.engine.model_version, self.examples.digest(project))
 
     def options(self) -> Options:
         s = self.settings
@@ -205,9 +210,12 @@ def _predict(ctx: WorkerContext, payload: dict[str, Any]) -> dict[str, Any]:
             return {"tasks": len(ids), "computed": 0}
     ensure_examples(ctx, project)
     records = ctx.examples.records(project)
+    # Results are stored under the requested version (the waiting request looks them up by it) but
+    # carry the version actually computed, which is what /setup reports from now on.
+    actual = ctx.model_version(project)
     outcome = run_chunk(
         project=project,
-        model_version=version,
+        model_version=actual,
         targets=targets,
         tasks=tasks,
         records=records,
@@ -261,7 +269,9 @@ def _deliver(
         ctx.metrics.inc("seggpt_writeback_failures_total")
         return
     try:
-        ctx.client.create_prediction(task_id, entry["result"], entry.get("score", 0.0), version)
+        ctx.client.create_prediction(
+            task_id, entry["result"], entry.get("score", 0.0), str(entry.get("model_version") or version)
+        )
     except Exception as exc:
         log.error("task %s: writing the prediction back to Label Studio failed: %s", task_id, exc)
         ctx.results.release(project, version, task_id)
@@ -269,4 +279,8 @@ def _deliver(
         return
     ctx.results.writeback_done(project, version, task_id)
     ctx.metrics.inc("seggpt_predictions_served_total", channel="writeback")
-    log.info("task %s: prediction written back to Label Studio (model version %s)", task_id, version)
+    log.info(
+        "task %s: prediction written back to Label Studio (model version %s)",
+        task_id,
+        entry.get("model_version"),
+    )

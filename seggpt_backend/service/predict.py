@@ -78,10 +78,11 @@ def predict_payload(
 
 
 def _public(entry: dict[str, Any], model_version: str) -> dict[str, Any]:
+    """The prediction as Label Studio stores it; the version is the one it was computed with."""
     return {
         "result": entry.get("result", []),
         "score": entry.get("score", 0.0),
-        "model_version": model_version,
+        "model_version": entry.get("model_version") or model_version,
     }
 
 
@@ -217,7 +218,9 @@ class Predictor:
         served = sum(1 for a in answers.values() if isinstance(a, dict))
         if served:
             self.rt.metrics.inc("seggpt_predictions_served_total", served, channel="response")
-        return {"results": [answers[t.id] for t in tasks], "model_version": version, "messages": messages}
+        # Re-read: a worker may have published its engine version while this request waited.
+        current = self.rt.model_version(project)
+        return {"results": [answers[t.id] for t in tasks], "model_version": current, "messages": messages}
 
     def _take_finished(
         self,

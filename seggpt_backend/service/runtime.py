@@ -12,6 +12,11 @@ part is what the most recently started worker published when it loaded its weigh
 ``engine``); before any worker has, it is derived from ``SEGGPT_WEIGHTS``. The examples part
 changes whenever an example of the project is added, edited or deleted, so Label Studio's
 "Retrieve Predictions" recomputes tasks after the examples change, and only then.
+
+A prediction carries the version its worker computed it with (engine loaded, examples as used),
+not the one the request was enqueued under: a batch enqueued before any worker published its
+engine version is written back with the version ``/setup`` reports from then on, so Label Studio
+does not compute those tasks a second time.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from seggpt_backend.service.examples import ExampleStore
+from seggpt_backend.service.examples import ExampleStore, compose_model_version
 from seggpt_backend.service.kv import KV, MemoryKV, RedisKV
 from seggpt_backend.service.metrics import Metrics
 from seggpt_backend.service.queue import InProcessJobQueue, JobQueue, RQJobQueue
@@ -105,7 +110,7 @@ class Runtime:
         return raw.decode() if raw else fallback_engine_version(self.settings.seggpt_weights)
 
     def model_version(self, project: str) -> str:
-        return f"{self.engine_version()}.ex-{self.examples.digest(project)}"
+        return compose_model_version(self.engine_version(), self.examples.digest(project))
 
     # ------------------------------------------------------------------ health
     def redis_status(self) -> str:
