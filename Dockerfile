@@ -55,10 +55,10 @@ RUN /opt/venv/bin/pip install --no-cache-dir --no-deps /tmp/src && rm -rf /tmp/s
 
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/seggpt-entrypoint
 
-# ~/.cache is the volume: the Hugging Face cache (HF_HOME), checkpoint downloads
-# (~/.cache/seggpt-backend) and MODEL_DIR all persist there and are shared by every container.
+# ~/.cache is the volume: the Hugging Face cache (HF_HOME) and MODEL_DIR (checkpoint downloads)
+# persist there and are shared by every container.
 RUN useradd --create-home --home-dir /home/seggpt --uid "$APP_UID" --shell /usr/sbin/nologin seggpt \
-    && mkdir -p /home/seggpt/.cache/huggingface /home/seggpt/.cache/seggpt-backend \
+    && mkdir -p /home/seggpt/.cache/huggingface \
         /home/seggpt/.cache/model_dir /opt/seggpt/weights \
     && chown -R seggpt:seggpt /home/seggpt /opt/seggpt
 

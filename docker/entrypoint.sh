@@ -28,10 +28,13 @@ if loads_model "$@" && [[ $spec =~ ^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$ ]] && [ ! -
     flock "$cache/.seggpt-weights.lock" python - "$spec" <<'PY'
 import sys
 
+from pathlib import Path
+
 from seggpt_backend.model.checkpoint import CheckpointError, load_weights
+from seggpt_backend.settings import Settings
 
 try:
-    weights = load_weights(sys.argv[1], timeout_s=30.0)
+    weights = load_weights(sys.argv[1], timeout_s=30.0, download_dir=Path(Settings.from_env().model_dir))
 except CheckpointError as exc:
     sys.exit(f"seggpt-entrypoint: {exc}")
 print(f"seggpt-entrypoint: weights {sys.argv[1]} ready ({weights.version})", file=sys.stderr)

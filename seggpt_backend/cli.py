@@ -36,7 +36,12 @@ def _segment(args: argparse.Namespace, settings: Settings) -> int:
                 mask = np.asarray(Image.fromarray(mask).resize(image.shape[1::-1], Image.NEAREST))
             images.append(image)
             masks.append(mask)
-        engine = load_engine(args.weights or settings.seggpt_weights, device=args.device, dtype=args.dtype)
+        engine = load_engine(
+            args.weights or settings.seggpt_weights,
+            device=args.device,
+            dtype=args.dtype,
+            download_dir=settings.model_dir,
+        )
     except (ImageError, CheckpointError) as exc:  # a bad prompt or weights spec: no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2

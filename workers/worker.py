@@ -128,7 +128,12 @@ def build_context(settings: Settings, connection: Any) -> jobs.WorkerContext:
     def load() -> Any:
         from seggpt_backend.engine.engine import load_engine
 
-        return load_engine(settings.seggpt_weights, device=settings.device, dtype=settings.dtype)
+        return load_engine(
+            settings.seggpt_weights,
+            device=settings.device,
+            dtype=settings.dtype,
+            download_dir=settings.model_dir,
+        )
 
     return jobs.WorkerContext(
         settings, RedisKV(connection, settings.key_prefix), load, client=jobs.make_client(settings)

@@ -17,6 +17,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -99,11 +100,20 @@ class SegGptEngine:
 
     @classmethod
     def from_spec(
-        cls, spec: str, *, device: str = "auto", dtype: str = "auto", **kwargs: object
+        cls,
+        spec: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        download_dir: str | Path | None = None,
+        **kwargs: object,
     ) -> SegGptEngine:
-        """Load weights (see :func:`seggpt_backend.model.checkpoint.load_weights`) onto a device."""
+        """Load weights (see :func:`seggpt_backend.model.checkpoint.load_weights`) onto a device;
+        weights downloaded from the hub are kept in ``download_dir``."""
         dev, autocast = resolve_device(device, dtype)
-        model, version = build_model(spec, device=dev)
+        model, version = build_model(
+            spec, device=dev, download_dir=Path(download_dir) if download_dir else None
+        )
         log.info("loaded SegGPT weights %s (%s) on %s, autocast=%s", spec, version, dev, autocast)
         return cls(model, version=version, autocast=autocast, **kwargs)  # type: ignore[arg-type]
 

@@ -262,10 +262,15 @@ def load_weights(spec: str, *, download_dir: Path | None = None, timeout_s: floa
 
 
 def build_model(
-    spec: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    spec: str,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    download_dir: Path | None = None,
 ) -> tuple[SegGpt, str]:
-    """Load weights into a fresh eval-mode model on ``device``; returns it and its version."""
-    weights = load_weights(spec)
+    """Load weights into a fresh eval-mode model on ``device``; returns it and its version.
+    Weights fetched from the hub are kept in ``download_dir`` (default ``~/.cache/seggpt-backend``)."""
+    weights = load_weights(spec, download_dir=download_dir)
     with torch.device("meta"):
         model = SegGpt(weights.config)
     model = model.to_empty(device="cpu")

@@ -87,7 +87,12 @@ class Runtime:
         def load() -> Any:
             from seggpt_backend.engine.engine import load_engine
 
-            return load_engine(settings.seggpt_weights, device=settings.device, dtype=settings.dtype)
+            return load_engine(
+                settings.seggpt_weights,
+                device=settings.device,
+                dtype=settings.dtype,
+                download_dir=settings.model_dir,
+            )
 
         ctx = jobs.WorkerContext(settings, kv, load, client=jobs.make_client(settings))
         jobs.install(ctx)
