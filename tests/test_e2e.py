@@ -70,9 +70,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "seggpt_backend" / "demo" / "weights" / "config.json"
 FROM_NAME, TO_NAME, LABELS = "tag", "image", ("Cat", "Dog")  # as in LABEL_CONFIG
-# Modest floors for the small demo model on these synthetic scenes (mean over tasks).
+# Modest floors for the small demo model on these synthetic scenes (never seen in its training):
+# a mean over several tasks, and a lower one for a single image. A wrong size, orientation or label
+# mapping scores near 0. Observed with a half-trained checkpoint: means 0.35-0.42, single 0.34-0.71.
 IOU_FLOOR = 0.3
-INTERACTIVE_IOU_FLOOR = 0.3
+IOU_FLOOR_ONE = 0.2
 
 
 def weights_spec() -> str:
@@ -407,7 +409,7 @@ def run_scenario(ls: LabelStudio, backend: Backend, pics: dict[str, Picture]) ->
         assert mask[row, col], "the clicked pixel is not in the suggestion"
         assert components.label(mask)[1] == 1, "a positive click keeps one object, not several"
         if demo:
-            assert iou(mask, pic.masks["Cat"]) >= INTERACTIVE_IOU_FLOOR
+            assert iou(mask, pic.masks["Cat"]) >= IOU_FLOOR_ONE
     assert len(ls.predictions(ids["q_jpg"])) == 1  # a suggestion is not stored
 
     # 5. A new accepted annotation with Cat and Dog reaches the backend by webhook.
@@ -444,7 +446,7 @@ def run_scenario(ls: LabelStudio, backend: Backend, pics: dict[str, Picture]) ->
     if demo:
         assert set(masks) == {"Cat", "Dog"}, set(masks)
         for label in ("Cat", "Dog"):
-            assert iou(masks[label], pics["opened"].masks[label]) >= IOU_FLOOR, label
+            assert iou(masks[label], pics["opened"].masks[label]) >= IOU_FLOOR_ONE, label
 
 
 def assert_clean_stop(backend: Backend) -> None:
