@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import statistics
 import sys
 import tempfile
@@ -24,22 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import PIL
+from _common import cpu_name
 from PIL import Image, features
 
 from seggpt_backend.engine.images import image_size, load_image
 
 WIDTH, HEIGHT, TARGET = 6000, 4000, 448
 RESULTS = Path(__file__).with_name("results_images.md")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} logical CPUs"
-    except OSError:
-        pass
-    return f"unknown CPU, {os.cpu_count()} logical CPUs"
 
 
 def _photo_like(path: Path) -> None:
@@ -101,7 +91,7 @@ def main() -> None:
         "# Image loading benchmark (`bench/images.py`)",
         "",
         f"- Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- Device: {_cpu()} (shared with other jobs; single-threaded decode)",
+        f"- Device: {cpu_name()} (shared with other jobs; single-threaded decode)",
         f"- Pillow {PIL.__version__}, libjpeg-turbo {features.version('libjpeg_turbo')}, "
         f"numpy {np.__version__}, Python {sys.version.split()[0]}",
         f"- Input: {WIDTH} x {HEIGHT} RGB JPEG, quality 90, {megabytes:.1f} MB; draft decode gives "

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from _common import cpu_name
 from torch import Tensor, nn
 
 from seggpt_backend.model.checkpoint import to_transformers_names
@@ -49,16 +50,6 @@ CPU_TARGET_RATIO = 1.3
 
 
 # ----------------------------------------------------------------------------- environment
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} logical CPUs"
-    except OSError:
-        pass
-    return f"unknown CPU, {os.cpu_count()} logical CPUs"
-
-
 def _uptime() -> str:
     try:
         return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
@@ -616,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device(args.device)
     if args.attention_variants:
-        text = f"{attention_variants(device)}\n\n({_cpu_name() if device.type == 'cpu' else device}, "
+        text = f"{attention_variants(device)}\n\n({cpu_name() if device.type == 'cpu' else device}, "
         text += f"{torch.get_num_threads()} threads, load `{_uptime()}`)\n"
         print(text)
         if args.out:
@@ -624,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cfg = get_config(args.config)
     header = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python bench/model.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "transformers": transformers.__version__,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import platform
 import statistics
 import sys
@@ -24,21 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import cpu_name
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
 from seggpt_backend.labelstudio import rle
 
 WIDTH, HEIGHT = 4000, 3000
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} logical CPUs"
-    except OSError:
-        pass
-    return f"unknown CPU, {os.cpu_count()} logical CPUs"
 
 
 def _blobs(rng: np.random.Generator) -> np.ndarray:
@@ -118,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             "# Brush RLE benchmark (`bench/rle.py`)",
             "",
             f"- Date: {now}",
-            f"- Device: {_cpu()} (shared with other jobs; single-threaded)",
+            f"- Device: {cpu_name()} (shared with other jobs; single-threaded)",
             f"- label-studio-sdk {version('label-studio-sdk')}, numpy {np.__version__}, Python {platform.python_version()}",
             f"- Masks: {WIDTH} x {HEIGHT} uint8 0/255; " + "; ".join(facts),
             "- Ours and the SDK's outputs were checked identical (RLE bytes and decoded masks) in the same run.",

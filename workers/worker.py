@@ -124,19 +124,11 @@ class SegGptWorker(SimpleWorker):
 
 def build_context(settings: Settings, connection: Any) -> jobs.WorkerContext:
     """The worker's context: shared stores on ``connection``, engine loaded lazily by ``.engine``."""
-
-    def load() -> Any:
-        from seggpt_backend.engine.engine import load_engine
-
-        return load_engine(
-            settings.seggpt_weights,
-            device=settings.device,
-            dtype=settings.dtype,
-            download_dir=settings.model_dir,
-        )
-
     return jobs.WorkerContext(
-        settings, RedisKV(connection, settings.key_prefix), load, client=jobs.make_client(settings)
+        settings,
+        RedisKV(connection, settings.key_prefix),
+        jobs.engine_loader(settings),
+        client=jobs.make_client(settings),
     )
 
 

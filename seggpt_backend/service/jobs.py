@@ -102,6 +102,22 @@ class WorkerContext:
         self.prefetcher.close()
 
 
+def engine_loader(settings: Settings) -> Callable[[], Engine]:
+    """A function loading the configured engine; called lazily (first job), never at import."""
+
+    def load() -> Engine:
+        from seggpt_backend.engine.engine import load_engine
+
+        return load_engine(
+            settings.seggpt_weights,
+            device=settings.device,
+            dtype=settings.dtype,
+            download_dir=settings.model_dir,
+        )
+
+    return load
+
+
 def make_client(settings: Settings) -> Any:
     """A Label Studio API client from settings, or ``None`` when no URL is configured."""
     if not settings.label_studio_url:

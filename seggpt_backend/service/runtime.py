@@ -84,17 +84,9 @@ class Runtime:
 
         kv = MemoryKV()
 
-        def load() -> Any:
-            from seggpt_backend.engine.engine import load_engine
-
-            return load_engine(
-                settings.seggpt_weights,
-                device=settings.device,
-                dtype=settings.dtype,
-                download_dir=settings.model_dir,
-            )
-
-        ctx = jobs.WorkerContext(settings, kv, load, client=jobs.make_client(settings))
+        ctx = jobs.WorkerContext(
+            settings, kv, jobs.engine_loader(settings), client=jobs.make_client(settings)
+        )
         jobs.install(ctx)
 
         def run(queue: str, kind: str, payload: dict[str, Any]) -> Any:
