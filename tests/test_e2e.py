@@ -288,6 +288,12 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum()) / union if union else 1.0
 
 
+def label_iou(predicted: dict[str, np.ndarray], picture: Picture, label: str) -> float:
+    """IoU of the predicted ``label`` mask with the drawn shape; 0 when no region has that label."""
+    truth = picture.masks[label]
+    return iou(predicted[label], truth) if label in predicted else 0.0
+
+
 def check_regions(result: Any, picture: Picture) -> dict[str, np.ndarray]:
     """Validate brush regions against the picture; returns ``{label: union of its masks}`` (displayed px)."""
     assert isinstance(result, list), result
@@ -380,11 +386,9 @@ def run_scenario(ls: LabelStudio, backend: Backend, pics: dict[str, Picture]) ->
         first[name] = preds[0]
         masks = check_prediction(preds[0], pics[name], version)
         assert "Dog" not in masks, f"{name}: a Dog region although no example has a Dog"
-        if demo:
-            assert "Cat" in masks, f"{name}: no Cat region"
-            cat_ious.append(iou(masks["Cat"], pics[name].masks["Cat"]))
+        cat_ious.append(label_iou(masks, pics[name], "Cat"))
     if demo:
-        assert float(np.mean(cat_ious)) >= IOU_FLOOR, cat_ious
+        assert float(np.mean(cat_ious)) >= IOU_FLOOR, f"Cat IoU per task (0 = no region): {cat_ious}"
 
     # 4. Interactive: a positive click on the cat of the rotated JPEG.
     pic = pics["q_jpg"]
@@ -428,13 +432,11 @@ def run_scenario(ls: LabelStudio, backend: Backend, pics: dict[str, Picture]) ->
         new = next(p for p in preds if p["model_version"] == new_version)
         masks = check_prediction(new, pics[name], new_version)
         dog_seen += "Dog" in masks
-        if demo:
-            assert "Dog" in masks, f"{name}: no Dog region after the Dog example arrived"
-            dog_ious.append(iou(masks["Dog"], pics[name].masks["Dog"]))
+        dog_ious.append(label_iou(masks, pics[name], "Dog"))
     # Only the new example has a Dog: Dog regions prove the very next prediction used it.
     assert dog_seen >= 1, "no prediction after the webhook has a Dog region"
     if demo:
-        assert float(np.mean(dog_ious)) >= IOU_FLOOR, dog_ious
+        assert float(np.mean(dog_ious)) >= IOU_FLOOR, f"Dog IoU per task (0 = no region): {dog_ious}"
     assert _ok(ls.api.get(f"/api/ml/{ml_id}"))["model_version"] == new_version
 
     # 6. A task added now and opened in the editor (GET /api/tasks/{id}) is predicted on the spot.
@@ -444,9 +446,8 @@ def run_scenario(ls: LabelStudio, backend: Backend, pics: dict[str, Picture]) ->
     assert len(preds) == 1, [p["model_version"] for p in preds]
     masks = check_prediction(preds[0], pics["opened"], new_version)
     if demo:
-        assert set(masks) == {"Cat", "Dog"}, set(masks)
         for label in ("Cat", "Dog"):
-            assert iou(masks[label], pics["opened"].masks[label]) >= IOU_FLOOR_ONE, label
+            assert label_iou(masks, pics["opened"], label) >= IOU_FLOOR_ONE, (label, set(masks))
 
 
 def assert_clean_stop(backend: Backend) -> None:
