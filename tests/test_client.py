@@ -410,7 +410,7 @@ def test_iter_tasks_paginates_and_filters_labeled(label_studio: LabelStudio) -> 
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_create_prediction_is_visible(label_studio: LabelStudio, uploaded: tuple[int, list[int]]) -> None:
-    _, task_ids = uploaded
+    project_id, task_ids = uploaded
     result = [
         {
             "from_name": "tag",
@@ -424,9 +424,10 @@ def test_create_prediction_is_visible(label_studio: LabelStudio, uploaded: tuple
         }
     ]
     with LabelStudioClient(label_studio.url, label_studio.pat) as c:
-        created = c.create_prediction(task_ids[0], result, 0.8, "seggpt-test-1")
+        created = c.create_prediction(task_ids[0], result, 0.8, "seggpt-test-1", project_id=project_id)
         stored = [p for p in label_studio.predictions(task_ids[0]) if p["id"] == created["id"]]
         assert len(stored) == 1
+        assert stored[0]["project"] == project_id
         assert stored[0]["model_version"] == "seggpt-test-1"
         assert stored[0]["score"] == pytest.approx(0.8)
         assert stored[0]["result"][0]["value"]["brushlabels"] == ["Dog"]

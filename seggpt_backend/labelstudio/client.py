@@ -353,10 +353,24 @@ class LabelStudioClient:
             page += 1
 
     def create_prediction(
-        self, task_id: int, result: list[dict[str, Any]], score: float, model_version: str
+        self,
+        task_id: int,
+        result: list[dict[str, Any]],
+        score: float,
+        model_version: str,
+        *,
+        project_id: int | None = None,
     ) -> dict[str, Any]:
-        """``POST /api/predictions``: store a prediction for a task; returns it (with its ``id``)."""
-        body = {"task": int(task_id), "result": result, "score": float(score), "model_version": model_version}
+        """``POST /api/predictions``: store a prediction for a task; returns it (with its ``id``).
+        Label Studio derives the project from the task but logs a warning unless it is given."""
+        body: dict[str, Any] = {
+            "task": int(task_id),
+            "result": result,
+            "score": float(score),
+            "model_version": model_version,
+        }
+        if project_id is not None:
+            body["project"] = int(project_id)
         return self._json("POST", "/api/predictions", json=body)
 
     # ------------------------------------------------------------------ images

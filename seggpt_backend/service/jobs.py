@@ -286,7 +286,11 @@ def _deliver(
         return
     try:
         ctx.client.create_prediction(
-            task_id, entry["result"], entry.get("score", 0.0), str(entry.get("model_version") or version)
+            task_id,
+            entry["result"],
+            entry.get("score", 0.0),
+            str(entry.get("model_version") or version),
+            project_id=int(project) if project.isdigit() else None,
         )
     except Exception as exc:
         log.error("task %s: writing the prediction back to Label Studio failed: %s", task_id, exc)
