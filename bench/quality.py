@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=60, help="tasks per binary set")
     p.add_argument("--n-multi", type=int, default=40)
     p.add_argument("--tune-steps", type=int, default=60)
-    p.add_argument("--tune-lr", type=float, default=0.02)
+    p.add_argument("--tune-lr", type=float, default=0.01)
     p.add_argument("--tune-pairs", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=RESULTS)
