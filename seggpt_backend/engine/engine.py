@@ -159,7 +159,7 @@ class SegGptEngine:
         pairs: Sequence[tuple[np.ndarray, np.ndarray]],
         *,
         steps: int = 100,
-        lr: float = 0.02,
+        lr: float = 0.01,
         batch_size: int = 4,
         seg_type: SegType = "instance",
         checkpointing: bool = False,

@@ -34,7 +34,7 @@ def tune_prompt(
     targets: Tensor,
     *,
     steps: int = 100,
-    lr: float = 0.02,
+    lr: float = 0.01,
     batch_size: int = 4,
     seg_type: SegTypeArg = "instance",
     tune_image: bool = True,
