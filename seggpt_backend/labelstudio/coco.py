@@ -90,6 +90,13 @@ def _region_mask(region: Mapping[str, Any], size: tuple[int, int] | None) -> np.
     return mask
 
 
+def _mask_and_label(region: object, size: tuple[int, int] | None) -> tuple[np.ndarray, str]:
+    """A brush region's decoded mask and its label; raises :class:`_Skip` when unusable."""
+    if not isinstance(region, Mapping):
+        raise _Skip("region is not an object")
+    return _region_mask(region, size), _region_label(region)
+
+
 def _image_size(task: Mapping[str, Any], regions: list[Any]) -> tuple[int, int] | None:
     """(H, W) of the image: from the chosen regions, else from any region of the task."""
     others = [
@@ -216,10 +223,7 @@ def tasks_to_coco(
         for region in regions:
             region_id = region.get("id") if isinstance(region, Mapping) else None
             try:
-                if not isinstance(region, Mapping):
-                    raise _Skip("region is not an object")
-                mask = _region_mask(region, size)
-                name = _region_label(region)
+                mask, name = _mask_and_label(region, size)
             except _Skip as exc:
                 _note(skipped, task_id, region_id, str(exc))
                 continue
@@ -281,10 +285,7 @@ def tasks_to_coco_results(
         for region in regions:
             region_id = region.get("id") if isinstance(region, Mapping) else None
             try:
-                if not isinstance(region, Mapping):
-                    raise _Skip("region is not an object")
-                mask = _region_mask(region, size)
-                name = _region_label(region)
+                mask, name = _mask_and_label(region, size)
                 if name not in category_id:
                     raise _Skip(f"label {name!r} is not a COCO category")
             except _Skip as exc:
