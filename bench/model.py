@@ -143,15 +143,15 @@ class Inputs:
 
 
 def _ours_name(variant: str) -> str:
-    return "ours" if variant == "auto" else f"ours ({variant})"
+    return "ours" if variant == "augmented" else f"ours ({variant})"
 
 
 def run_ours(
     model: SegGpt, x: Inputs, k: int, autocast: torch.dtype | None, attention: str = "auto"
 ) -> Tensor:
     """Our forward exactly as the engine calls it: ``(batch, 3, h, w)`` query-half painting.
-    ``attention`` picks the attention core for this call (see :func:`use_attention_variant`)."""
-    use_attention_variant(model, attention)
+    ``attention`` picks the attention core for this call (``SegGpt.set_attention_impl``)."""
+    model.set_attention_impl(attention)  # type: ignore[arg-type]
     images = torch.cat([x.prompt_images, x.queries], dim=2)
     targets = torch.cat([x.prompt_masks, torch.zeros_like(x.queries)], dim=2)
     device = images.device.type
@@ -359,44 +359,10 @@ def _augmented_width(d: int, grid: tuple[int, int]) -> int:
     return width + (-width % 8)
 
 
-def _attention_padded_v(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    rel_h: Tensor,
-    rel_w: Tensor,
-    grid: tuple[int, int],
-    impl: str = "augmented",
-) -> Tensor:
-    """Our augmented (folded relative-position) attention with ``v`` zero-padded to the
-    augmented width, whatever ``impl`` says.
-
-    SDPA's fused (flash) kernels need one head dim for q, k and v; with q/k augmented and ``v``
-    at 64 the CPU falls back to the unfused math path (``L x L`` scores, safe-softmax passes).
-    """
-    from seggpt_backend.model import seggpt as S
-
-    original = S.__dict__.get("_original_attention", S._attention)
-    d = v.shape[-1]
-    padded = nn.functional.pad(v, (0, _augmented_width(d, grid) - d))
-    return original(q, k, padded, rel_h, rel_w, grid, "augmented")[..., :d]
-
-
-def use_attention_variant(model: SegGpt, name: str) -> None:
-    """``auto``/``augmented``/``bias``: the shipped ``SegGpt.set_attention_impl`` choices.
-    ``padded-v``: WHAT-IF, augmented with ``v`` zero-padded (swapped in this process only)."""
-    from seggpt_backend.model import seggpt as S
-
-    S.__dict__.setdefault("_original_attention", S._attention)
-    S._attention = _attention_padded_v if name == "padded-v" else S.__dict__["_original_attention"]
-    model.set_attention_impl("augmented" if name == "padded-v" else name)  # type: ignore[arg-type]
-
-
 def attention_variants(device: torch.device, repeats: int = 4) -> str:
     """One ViT-L attention core (16 heads x 64, 56 x 28 grid, one row): ms per call."""
     from seggpt_backend.model import seggpt as S
 
-    original = S.__dict__.get("_original_attention", S._attention)
     rows, cols, heads, d = 56, 28, 16, 64
     n = rows * cols
     g = torch.Generator().manual_seed(0)
@@ -414,11 +380,10 @@ def attention_variants(device: torch.device, repeats: int = 4) -> str:
 
     width = _augmented_width(d, (rows, cols))
     variants = {
-        f"impl='augmented' (q/k {width} wide, v {d})": lambda: original(
+        f"impl='augmented' (q, k, v {width} wide)": lambda: S._attention(
             q, k, v, rel_h, rel_w, (rows, cols), "augmented"
         ),
-        f"v zero-padded to {width}": lambda: _attention_padded_v(q, k, v, rel_h, rel_w, (rows, cols)),
-        "impl='bias' (L x L bias as attn_mask)": lambda: original(
+        "impl='bias' (L x L bias as attn_mask)": lambda: S._attention(
             q, k, v, rel_h, rel_w, (rows, cols), "bias"
         ),
         "explicit (transformers-style)": explicit,
@@ -428,7 +393,6 @@ def attention_variants(device: torch.device, repeats: int = 4) -> str:
         zip(
             variants,
             [
-                torch._fused_sdp_choice(aug, aug, v, scale=1.0),
                 torch._fused_sdp_choice(aug, aug, aug, scale=1.0),
                 torch._fused_sdp_choice(q, k, v, attn_mask=q.new_zeros(1, heads, n, n)),
             ],
@@ -479,12 +443,7 @@ def report(
         f"- command: `{header['command']}`",
         f"- torch {torch.__version__}, transformers {header['transformers']}, {header['threads']}",
         f"- load before: `{header['load_before']}`; after: `{header['load_after']}`",
-        "- ours: the shipped code (attention impl 'auto'; other impls via set_attention_impl)"
-        + (
-            "; 'ours (padded-v)': WHAT-IF, augmented with v zero-padded, swapped in this process"
-            if "padded-v" in args.attention
-            else ""
-        ),
+        "- ours: the shipped code (attention impl 'augmented'; 'bias' via set_attention_impl)",
         f"- config {args.config}: {flops / 1e9:,.1f} GFLOP per single-prompt prediction (full-canvas "
         "decode; x k for a k-prompt ensemble); dense matmul measured here: "
         + ", ".join(f"{d} {v:.2f} TFLOP/s" for d, v in peaks.items()),
@@ -570,11 +529,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", choices=["auto", "always", "never"], default="auto")
     parser.add_argument(
         "--attention",
-        choices=["auto", "augmented", "bias", "padded-v"],
+        choices=["augmented", "bias"],
         nargs="+",
-        default=["auto"],
-        help="ours' attention impl(s), timed side by side (auto = shipped); padded-v is a what-if "
-        "(augmented with v zero-padded so SDPA can use its fused kernel), swapped in this process only",
+        default=["augmented"],
+        help="ours' attention impl(s), timed side by side (augmented = shipped)",
     )
     parser.add_argument(
         "--attention-variants", action="store_true", help="only time one attention core four ways"
@@ -599,6 +557,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _append(out: Path, text: str) -> None:
+    """Append a section to the results file (created with a title if missing)."""
+    existing = out.read_text() if out.exists() else "# Model benchmark results\n"
+    out.write_text(existing.rstrip("\n") + "\n\n" + text)
+    print(f"appended to {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -611,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         text += f"{torch.get_num_threads()} threads, load `{_uptime()}`)\n"
         print(text)
         if args.out:
-            args.out.write_text(args.out.read_text().rstrip("\n") + "\n\n" + text)
+            _append(args.out, text)
         return 0
     cfg = get_config(args.config)
     header = {
@@ -657,9 +622,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     print(text)
     if args.out:
-        existing = args.out.read_text() if args.out.exists() else "# Model benchmark results\n"
-        args.out.write_text(existing.rstrip("\n") + "\n\n" + text)
-        print(f"appended to {args.out}")
+        _append(args.out, text)
     return 0
 
 

@@ -58,15 +58,11 @@ def _attention(
     biased logit, so no ``L x L`` bias is ever built. ``v`` is zero-padded to the same width
     (a multiple of 8) because SDPA's fused kernels need equal head widths; without that they
     fall back to the unfused path that materialises the scores (bench/RESULTS.md).
-    ``impl="bias"``: SDPA with the materialised additive bias (``B x heads x L x L``).
-    ``impl="auto"``: ``bias`` for CPU inference, where its fused kernel measured ~20 % faster;
-    ``augmented`` otherwise (on GPUs, and for gradients, whose saved ``L x L`` bias would cost
-    ~157 MB per image per block at ViT-L size).
+    ``impl="bias"``: SDPA with the materialised additive bias (``B x heads x L x L``); slower
+    than ``augmented`` on CPU too (bench/results_model.md) and far heavier in memory.
     """
     rows, cols = grid
     length = rows * cols
-    if impl == "auto":
-        impl = "bias" if q.device.type == "cpu" and not torch.is_grad_enabled() else "augmented"
     if impl == "bias":
         bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(*q.shape[:2], length, length)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
@@ -95,7 +91,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.rel_pos_h = nn.Parameter(torch.zeros(2 * rows - 1, cfg.head_dim))
         self.rel_pos_w = nn.Parameter(torch.zeros(2 * cols - 1, cfg.head_dim))
-        self.impl = "auto"  # "augmented" or "bias"; see _attention
+        self.impl = "augmented"  # or "bias"; see _attention
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: ``(B, rows, cols, C)`` -> ``(B, rows, cols, C)``."""
@@ -210,9 +206,9 @@ class SegGpt(nn.Module):
                     scale = std if std is not None else fan_in**-0.5
                     p.copy_(torch.randn(p.shape, generator=generator).clamp_(-3, 3) * scale)
 
-    def set_attention_impl(self, impl: Literal["auto", "augmented", "bias"]) -> None:
+    def set_attention_impl(self, impl: Literal["augmented", "bias"]) -> None:
         """Choose how the relative-position bias enters SDPA in every block (see ``_attention``)."""
-        if impl not in ("auto", "augmented", "bias"):
+        if impl not in ("augmented", "bias"):
             raise ValueError(f"unknown attention implementation {impl!r}")
         for block in self.blocks:
             block.attn.impl = impl
