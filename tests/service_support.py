@@ -143,27 +143,41 @@ class ImageServer:
         self.httpd.server_close()
 
 
+def brush_region(
+    rid: str,
+    mask: np.ndarray,
+    label: str,
+    *,
+    score: float | None = None,
+    from_name: str = "tag",
+    to_name: str = "image",
+) -> dict[str, Any]:
+    """One Label Studio brushlabels region for an ``(H, W) bool`` mask, as LS 1.23 stores it."""
+    h, w = mask.shape
+    region: dict[str, Any] = {
+        "id": rid,
+        "from_name": from_name,
+        "to_name": to_name,
+        "type": "brushlabels",
+        "origin": "manual",
+        "original_width": w,
+        "original_height": h,
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": rle.encode(mask), "brushlabels": [label]},
+    }
+    if score is not None:
+        region["score"] = score
+    return region
+
+
 def brush_result(
     masks: Mapping[str, np.ndarray], *, from_name: str = "tag", to_name: str = "image"
 ) -> list[dict]:
     """Label Studio ``result`` with one brushlabels region per label."""
-    out = []
-    for i, (label, mask) in enumerate(masks.items()):
-        h, w = mask.shape
-        out.append(
-            {
-                "id": f"r{i}",
-                "from_name": from_name,
-                "to_name": to_name,
-                "type": "brushlabels",
-                "origin": "manual",
-                "original_width": w,
-                "original_height": h,
-                "image_rotation": 0,
-                "value": {"format": "rle", "rle": rle.encode(mask), "brushlabels": [label]},
-            }
-        )
-    return out
+    return [
+        brush_region(f"r{i}", mask, label, from_name=from_name, to_name=to_name)
+        for i, (label, mask) in enumerate(masks.items())
+    ]
 
 
 def annotation_event(

@@ -13,8 +13,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from seggpt_backend.labelstudio import rle
 from seggpt_backend.labelstudio.coco import tasks_to_coco, tasks_to_coco_results
+from tests.service_support import brush_region
 
 H1, W1 = 30, 41  # image of task 11 (odd sizes on purpose)
 H2, W2 = 24, 17  # image of task 12
@@ -39,37 +39,19 @@ def _rect() -> np.ndarray:
     return mask
 
 
-def _region(rid: str, mask: np.ndarray, label: str, score: float | None = None) -> dict[str, Any]:
-    h, w = mask.shape
-    region: dict[str, Any] = {
-        "id": rid,
-        "from_name": "tag",
-        "to_name": "image",
-        "type": "brushlabels",
-        "origin": "manual",
-        "original_width": w,
-        "original_height": h,
-        "image_rotation": 0,
-        "value": {"format": "rle", "rle": rle.encode(mask), "brushlabels": [label]},
-    }
-    if score is not None:
-        region["score"] = score
-    return region
-
-
 def _tasks(pred_masks: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
     """Two tasks as in Label Studio's JSON export; predictions repeat the annotations."""
-    gt1 = [_region("a", _ring(), "Cat"), _region("b", _two_parts(), "Dog")]
-    gt2 = [_region("c", _rect(), "Cat")]
+    gt1 = [brush_region("a", _ring(), "Cat"), brush_region("b", _two_parts(), "Dog")]
+    gt2 = [brush_region("c", _rect(), "Cat")]
     preds = pred_masks or {"a": _ring(), "b": _two_parts(), "c": _rect()}
-    pr1 = [_region("a", preds["a"], "Cat", 0.9), _region("b", preds["b"], "Dog", 0.8)]
-    pr2 = [_region("c", preds["c"], "Cat", 0.7)]
+    pr1 = [brush_region("a", preds["a"], "Cat", score=0.9), brush_region("b", preds["b"], "Dog", score=0.8)]
+    pr2 = [brush_region("c", preds["c"], "Cat", score=0.7)]
     return [
         {
             "id": 11,
             "data": {"image": "/data/upload/1/abc-one.png"},
             "annotations": [
-                {"id": 1, "result": [_region("old", _rect()[:1, :1], "Cat")], "was_cancelled": True},
+                {"id": 1, "result": [brush_region("old", _rect()[:1, :1], "Cat")], "was_cancelled": True},
                 {"id": 2, "result": gt1, "was_cancelled": False, "ground_truth": False},
             ],
             "predictions": [{"id": 5, "result": pr1, "score": 0.85, "model_version": "v1"}],
@@ -152,7 +134,7 @@ def test_labels_fix_category_ids_and_filter_regions() -> None:
 def test_ground_truth_annotation_wins_and_predictions_carry_scores() -> None:
     tasks = _tasks()
     tasks[0]["annotations"].insert(
-        0, {"id": 9, "result": [_region("g", _rect_in_image1(), "Dog")], "ground_truth": True}
+        0, {"id": 9, "result": [brush_region("g", _rect_in_image1(), "Dog")], "ground_truth": True}
     )
     coco = tasks_to_coco(tasks)
     assert [a["area"] for a in coco["annotations"] if a["image_id"] == 11] == [int(_rect_in_image1().sum())]
@@ -168,10 +150,10 @@ def _rect_in_image1() -> np.ndarray:
 
 def test_bad_regions_are_skipped_not_fatal() -> None:
     tasks = _tasks()
-    bad_size = _region("wrong", np.ones((H1 + 1, W1), bool), "Cat")
-    broken = _region("broken", _ring(), "Cat")
+    bad_size = brush_region("wrong", np.ones((H1 + 1, W1), bool), "Cat")
+    broken = brush_region("broken", _ring(), "Cat")
     broken["value"]["rle"] = broken["value"]["rle"][:10]
-    empty = _region("empty", np.zeros((H1, W1), bool), "Cat")
+    empty = brush_region("empty", np.zeros((H1, W1), bool), "Cat")
     keypoint = {"id": "kp", "type": "keypointlabels", "value": {"x": 1, "y": 2, "keypointlabels": ["Cat"]}}
     tasks[0]["annotations"][1]["result"] += [bad_size, broken, empty, keypoint]
     tasks.append({"id": 13, "data": {"image": "x.png"}, "annotations": []})  # size unknown
@@ -218,8 +200,8 @@ def test_cocoeval_drops_for_a_perturbed_prediction(tmp_path: Path) -> None:
 def test_results_skip_predictions_that_do_not_fit() -> None:
     coco = tasks_to_coco(_tasks(), labels=["Cat"])
     tasks = _tasks()
-    tasks[1]["predictions"][0]["result"].append(_region("big", np.ones((H2, W2 + 1), bool), "Cat"))
-    tasks.append({"id": 99, "data": {}, "predictions": [{"result": [_region("z", _rect(), "Cat")]}]})
+    tasks[1]["predictions"][0]["result"].append(brush_region("big", np.ones((H2, W2 + 1), bool), "Cat"))
+    tasks.append({"id": 99, "data": {}, "predictions": [{"result": [brush_region("z", _rect(), "Cat")]}]})
     results = tasks_to_coco_results(tasks, coco)
     # Dog is no category, the oversized region and the unknown task are left out.
     assert sorted((r["image_id"], r["score"]) for r in results) == [(11, 0.9), (12, 0.7)]
