@@ -188,7 +188,7 @@ def in_domain(meter: IoUMeter) -> float:
 
 
 def tuned_vs_one_shot(
-    engine: SegGptEngine, tasks: list[Task], steps: int, lr: float, pairs: int
+    engine: SegGptEngine, tasks: list[Task], steps: int, lr: float, pairs: int, balance: float = 0.0
 ) -> tuple[float, float, int, float]:
     """Per in-domain semantic class: tune one prompt on ``pairs`` examples of the class's first
     task (initialised from its first example), then segment every query of the class with the
@@ -205,7 +205,7 @@ def tuned_vs_one_shot(
         train_pairs = [(first.prompt_images[j], first.prompt_masks[j][0]) for j in range(pairs)]
         t0 = time.perf_counter()
         prompt, _ = engine.tune_prompt(
-            init_img, init_mask, train_pairs, steps=steps, lr=lr, seg_type="semantic"
+            init_img, init_mask, train_pairs, steps=steps, lr=lr, seg_type="semantic", fg_balance=balance
         )
         spent += time.perf_counter() - t0
         plain = engine.prepare_prompts([init_img], [init_mask], ensemble="none")
@@ -290,7 +290,7 @@ def report(
     lines += [
         "",
         f"In-context tuning (in-domain semantic tasks, {n_classes} classes; per class one prompt tuned for "
-        f"{args.tune_steps} steps, lr {args.tune_lr}, on {args.tune_pairs} examples, initialised from the "
+        f"{args.tune_steps} steps, lr {args.tune_lr}, loss balance {args.tune_balance}, on {args.tune_pairs} examples, initialised from the "
         f"example used one-shot; {t_spent:.0f} s of tuning in all):",
         "",
         "| prompt | mIoU |",
@@ -341,9 +341,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tune-steps", type=int, default=60)
     p.add_argument("--tune-lr", type=float, default=0.01)
     p.add_argument("--tune-pairs", type=int, default=8)
+    p.add_argument(
+        "--tune-balance",
+        type=float,
+        default=None,
+        help="tuning loss fg/bg balance (default: 0.25, the demo's training floor, for demo; else 0)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    if args.tune_balance is None:
+        args.tune_balance = 0.25 if args.weights == "demo" else 0.0
     torch.set_num_threads(args.threads)
     engine = load_engine(args.weights, device=args.device, dtype=args.dtype)
     sets = {name: build_set(name, args.n) for name in BINARY_SETS}
@@ -372,7 +380,9 @@ def main(argv: list[str] | None = None) -> None:
             "8-shot feature ensemble", sets, lambda ts: engine_masks(engine, ts, 8, pick_random, "feature")
         ),
     ]
-    tuned = tuned_vs_one_shot(engine, sets["semantic"], args.tune_steps, args.tune_lr, args.tune_pairs)
+    tuned = tuned_vs_one_shot(
+        engine, sets["semantic"], args.tune_steps, args.tune_lr, args.tune_pairs, args.tune_balance
+    )
     print(f"tuned: {tuned}", flush=True)
     multi = palette_vs_per_label(engine, sets["multiclass"])
     text = report(args, engine, sets, rows, tuned, multi)

@@ -7,7 +7,7 @@ import torch
 
 from seggpt_backend.model.checkpoint import to_transformers_names
 from seggpt_backend.model.config import SegGptConfig, get_config
-from seggpt_backend.model.seggpt import SegGpt, ensemble_query_half, seggpt_loss
+from seggpt_backend.model.seggpt import SegGpt, balanced_weight, ensemble_query_half, seggpt_loss
 
 transformers = pytest.importorskip("transformers")  # a test dependency: always installed by scripts/test.sh
 
@@ -203,3 +203,21 @@ def test_attention_implementations_agree() -> None:
         ours.set_attention_impl("bias")
         bias = ours(images, targets)
     assert (augmented - bias).abs().max() <= 1e-4
+
+
+def test_balanced_weight_gives_foreground_and_background_equal_totals() -> None:
+    black = torch.tensor([-2.0, -1.5, -1.0])
+    target = black.view(1, 3, 1, 1).repeat(2, 1, 8, 8)
+    target[0, :, :2, :2] = 1.0  # 4 foreground pixels of 64
+    region = torch.ones(2, 1, 8, 8)
+    region[1, :, 4:] = 0  # second image: loss on the top half only, all background
+    w = balanced_weight(target, black, 1.0, region=region)
+    fg = torch.zeros(8, 8, dtype=torch.bool)
+    fg[:2, :2] = True
+    torch.testing.assert_close(w[0, 0, fg].sum(), w[0, 0, ~fg].sum())
+    torch.testing.assert_close(w[0].sum(), torch.tensor(64.0))
+    torch.testing.assert_close(w[1].sum(), torch.tensor(16.0))  # no foreground: half of 32
+    assert (w[1, :, 4:] == 0).all()
+    torch.testing.assert_close(balanced_weight(target, black, 0.0, region=region), region)
+    half = balanced_weight(target, black, 0.5, region=region)
+    torch.testing.assert_close(half, 0.5 * w + 0.5 * region)

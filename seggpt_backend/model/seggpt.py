@@ -328,6 +328,30 @@ class _LayerNorm2d(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
+def balanced_weight(
+    target: Tensor, background: Tensor, balance: float, region: Tensor | None = None
+) -> Tensor:
+    """``(B, 1, H, W)`` pixel weights for :func:`seggpt_loss`: a blend (``balance`` in [0, 1]) of
+    uniform weights and equal total weight on each image's foreground and background.
+
+    ``target``: ``(B, 3, H, W)`` normalised painting; ``background``: ``(3,)`` its normalised
+    background (black) colour; ``region``: optional ``(B, 1, H, W)`` 0/1 mask of the pixels the
+    loss covers. Where the region holds both foreground and background the weights sum to its
+    pixel count per image whatever ``balance`` is (where it holds one of them, the balanced part
+    sums to half of it). Why: smooth-L1 is a median regressor, so
+    with uniform weights an uncertain pixel stays background until the model is > 50 % sure; the
+    balanced part pays for painting thin, rare foreground from lower certainty."""
+    b, _, h, w = target.shape
+    region = torch.ones(b, 1, h, w, device=target.device) if region is None else region.float()
+    if balance <= 0:
+        return region
+    fg = ((target - background.view(1, 3, 1, 1)).abs().amax(dim=1, keepdim=True) > 0.1).float()
+    n = region.sum(dim=(2, 3), keepdim=True).clamp_min(1.0)
+    fg_w = fg * region / (fg * region).sum(dim=(2, 3), keepdim=True).clamp_min(1.0)
+    bg_w = (1 - fg) * region / ((1 - fg) * region).sum(dim=(2, 3), keepdim=True).clamp_min(1.0)
+    return balance * 0.5 * (fg_w + bg_w) * n + (1 - balance) * region
+
+
 def seggpt_loss(pred: Tensor, target: Tensor, *, beta: float = 0.01, weight: Tensor | None = None) -> Tensor:
     """Smooth-L1 (beta 0.01) averaged over the predicted pixels: the authors' training loss on
     the masked query half. ``pred``/``target``: ``(B, 3, h, w)`` normalised RGB; optional

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from seggpt_backend.model.seggpt import SegGpt, SegTypeArg, seggpt_loss
+from seggpt_backend.model.seggpt import SegGpt, SegTypeArg, balanced_weight, seggpt_loss
 
 
 @dataclass(frozen=True)
@@ -41,14 +41,20 @@ def tune_prompt(
     autocast_dtype: torch.dtype | None = None,
     checkpointing: bool = False,
     seed: int = 0,
+    fg_balance: float = 0.0,
+    background: Tensor | None = None,
 ) -> TunedPrompt:
     """Optimise a prompt so that the frozen ``model`` paints ``targets`` for ``images``.
 
     ``init_*``: ``(3, h, w)``; ``images``/``targets``: ``(N, 3, h, w)``, all normalised, at the
     model's half size. ``lr`` is in normalised units per step (pixel-space parameters need far
     larger rates than weights). The model's weights and ``requires_grad`` flags are left as
-    they were; only the two prompt tensors change.
+    they were; only the two prompt tensors change. ``fg_balance`` > 0 weights the loss with
+    :func:`balanced_weight` (``background``: the ``(3,)`` normalised background colour): use the
+    balance the model was trained with (0 for the authors' weights).
     """
+    if fg_balance > 0 and background is None:
+        raise ValueError("fg_balance needs the normalised background colour")
     device = next(model.parameters()).device
     flags = [p.requires_grad for p in model.parameters()]
     was_training, was_ckpt = model.training, model.gradient_checkpointing
@@ -74,7 +80,8 @@ def tune_prompt(
             canvas_tgt = torch.cat([prompt_tgt.expand(n, -1, -1, -1), torch.zeros_like(targets[idx])], dim=2)
             with autocast:
                 pred = model(canvas_img, canvas_tgt, seg_type=seg_type)
-            loss = seggpt_loss(pred.float(), targets[idx])
+            weight = balanced_weight(targets[idx], background.to(device), fg_balance)  # type: ignore[union-attr] if fg_balance > 0 else None
+            loss = seggpt_loss(pred.float(), targets[idx], weight=weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
