@@ -56,6 +56,7 @@ def tune_prompt(
     if fg_balance > 0 and background is None:
         raise ValueError("fg_balance needs the normalised background colour")
     device = next(model.parameters()).device
+    background = background.to(device) if background is not None and fg_balance > 0 else None
     flags = [p.requires_grad for p in model.parameters()]
     was_training, was_ckpt = model.training, model.gradient_checkpointing
     model.eval().requires_grad_(False)
@@ -80,7 +81,7 @@ def tune_prompt(
             canvas_tgt = torch.cat([prompt_tgt.expand(n, -1, -1, -1), torch.zeros_like(targets[idx])], dim=2)
             with autocast:
                 pred = model(canvas_img, canvas_tgt, seg_type=seg_type)
-            weight = balanced_weight(targets[idx], background.to(device), fg_balance)  # type: ignore[union-attr] if fg_balance > 0 else None
+            weight = balanced_weight(targets[idx], background, fg_balance) if background is not None else None
             loss = seggpt_loss(pred.float(), targets[idx], weight=weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
