@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seggpt_backend.settings import Settings
+from seggpt_backend.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -190,7 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:  # a bad setting ends start-up with its name, not a traceback
+        print(f"seggpt-backend: invalid setting: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

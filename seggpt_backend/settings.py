@@ -8,8 +8,40 @@ Nothing else in the package reads ``os.environ``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from typing import get_args
+
+from seggpt_backend.engine.interface import EnsembleMode, MultiLabelMode, SegType
+
+
+class SettingsError(ValueError):
+    """A setting has a value the backend cannot run with; the message names the variable."""
+
+
+# Closed sets of values, checked at start-up (a typo must not silently select a default).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "ensemble": get_args(EnsembleMode),
+    "seg_type": get_args(SegType),
+    "multilabel": get_args(MultiLabelMode),
+    "example_selection": ("retrieval", "recent"),
+    "dtype": ("auto", "fp32", "bf16", "fp16"),
+    "log_level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+}
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# Numbers that must be at least this large (0 allowed where 0 is meaningful).
+MINIMUM: dict[str, float] = {
+    "num_examples": 1,
+    "example_pool": 1,
+    "max_image_pixels": 1,
+    "port": 1,
+    "predict_budget_s": 0,
+    "chunk_size": 1,
+    "job_timeout_s": 1,
+    "worker_heartbeat_s": 0.1,
+    "max_body_bytes": 1024,
+}
 
 
 def _bool(value: str) -> bool:
@@ -49,6 +81,9 @@ class Settings:
     basic_auth_pass: str = field(default="", repr=False, metadata={"env": "BASIC_AUTH_PASS"})
     predict_budget_s: float = field(default=80.0, metadata={"env": "SEGGPT_PREDICT_BUDGET_S"})
 
+    max_body_bytes: int = field(default=64 * 2**20, metadata={"env": "SEGGPT_MAX_BODY_BYTES"})
+    webhook_secret: str = field(default="", repr=False, metadata={"env": "SEGGPT_WEBHOOK_SECRET"})
+
     # Queue
     redis_url: str = field(default="", repr=False, metadata={"env": "REDIS_URL"})
     key_prefix: str = field(default="seggpt", metadata={"env": "SEGGPT_KEY_PREFIX"})
@@ -70,18 +105,36 @@ class Settings:
             if name not in env or env[name] == "":
                 continue
             raw = env[name]
-            if f.type in ("int", int):
-                values[f.name] = int(raw)
-            elif f.type in ("float", float):
-                values[f.name] = float(raw)
-            elif f.type in ("bool", bool):
-                values[f.name] = _bool(raw)
-            elif str(f.type).startswith("tuple"):
-                values[f.name] = _tuple(raw)
-            else:
-                values[f.name] = raw
+            try:
+                if f.type in ("int", int):
+                    values[f.name] = int(raw)
+                elif f.type in ("float", float):
+                    values[f.name] = float(raw)
+                elif f.type in ("bool", bool):
+                    values[f.name] = _bool(raw)
+                elif str(f.type).startswith("tuple"):
+                    values[f.name] = _tuple(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r} is not a valid {f.type}") from None
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
+
+    def __post_init__(self) -> None:
+        """Refuse values the backend cannot run with, naming the environment variable."""
+        env = {f.name: f.metadata["env"] for f in fields(self)}
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if (value.upper() if name == "log_level" else value) not in allowed:
+                raise SettingsError(f"{env[name]}={value!r}: use one of {', '.join(allowed)}")
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise SettingsError(f"SEGGPT_DEVICE={self.device!r}: use auto, cpu, mps, cuda or cuda:N")
+        for name, low in MINIMUM.items():
+            if getattr(self, name) < low:
+                raise SettingsError(f"{env[name]}={getattr(self, name)!r}: must be at least {low:g}")
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
 
     @property
     def embedded(self) -> bool:

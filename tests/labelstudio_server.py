@@ -130,7 +130,8 @@ def ensure_template(timeout: float = 600) -> Credentials:
         creds = _read_template_info()
         if creds is not None:
             return creds
-        creds = Credentials(USERNAME, secrets.token_urlsafe(16), secrets.token_hex(20))
+        # hex, not urlsafe: a password starting with "-" is read by `label-studio init` as an option
+        creds = Credentials(USERNAME, secrets.token_hex(16), secrets.token_hex(20))
         work = Path(tempfile.mkdtemp(prefix="ls-data-template.", dir=CACHE))
         data = work / "data"
         cmd = [

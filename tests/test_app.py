@@ -13,7 +13,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from seggpt_backend.service.app import create_app
+from seggpt_backend.service.app import WEBHOOK_SECRET_HEADER, create_app
 from seggpt_backend.settings import Settings
 from tests.fixtures import scene
 from tests.service_support import ImageServer, annotation_event, captured, png_bytes, predict_body
@@ -262,3 +262,52 @@ def test_without_workers_predict_answers_at_once_and_leaves_tasks_for_write_back
             )  # the chunk waits for a worker
     finally:
         cleanup_redis(prefix)
+
+
+def _mangled(path: tuple[str | int, ...], value: object, name: str = "webhook_annotation_created") -> dict:
+    body = json.loads(json.dumps(captured(name)))
+    node = body
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (_mangled(("project", "id"), "one"), "project.id"),
+        (_mangled(("project", "id"), {"id": 1}), "project.id"),
+        (_mangled(("annotation", "id"), "x1"), "annotation.id"),
+        (_mangled(("annotation", "id"), 1.5), "annotation.id"),
+        (_mangled(("task", "id"), [3]), "task.id"),
+        (_mangled(("annotation", "result", 0, "value", "rle"), ["a", "b"]), "malformed brush region"),
+        (_mangled(("annotations",), [{"id": "seven"}], "webhook_annotations_deleted"), "annotations[].id"),
+    ],
+)
+def test_a_malformed_webhook_field_is_a_422_naming_it_and_changes_nothing(
+    client: TestClient, body: dict, field: str
+) -> None:
+    before = client.post("/setup", json=captured("setup")).json()["model_version"]
+    r = client.post("/webhook", json=body)
+    assert r.status_code == 422 and field in r.json()["detail"], r.text
+    assert client.post("/setup", json=captured("setup")).json()["model_version"] == before
+
+
+def test_request_bodies_over_the_cap_are_refused_with_413(images: ImageServer) -> None:
+    with TestClient(create_app(_settings(images, max_body_bytes=4096))) as c:
+        r = c.post(
+            "/predict", content=b"{" + b" " * 5000 + b"}", headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 413 and "SEGGPT_MAX_BODY_BYTES" in r.json()["detail"]
+        assert c.post("/webhook", json=captured("webhook_annotation_created")).status_code == 200
+
+
+def test_webhooks_can_require_a_secret_header(images: ImageServer) -> None:
+    with TestClient(create_app(_settings(images, webhook_secret="s3cret"))) as c:
+        event = captured("webhook_annotation_created")
+        assert c.post("/webhook", json=event).status_code == 401
+        assert c.post("/webhook", json=event, headers={WEBHOOK_SECRET_HEADER: "wrong"}).status_code == 401
+        ok = c.post("/webhook", json=event, headers={WEBHOOK_SECRET_HEADER: "s3cret"})
+        assert ok.status_code == 200 and ok.json()["stored"] is True
+        assert c.post("/predict", json={"tasks": []}).status_code != 401  # only /webhook needs it

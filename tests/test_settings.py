@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from seggpt_backend.settings import Settings
+from seggpt_backend.settings import Settings, SettingsError
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -35,7 +35,12 @@ def test_from_env_parses_types_and_ignores_empty_values() -> None:
 
 def test_secrets_stay_out_of_repr() -> None:
     s = Settings.from_env(
-        {"LABEL_STUDIO_API_KEY": "tok-123", "BASIC_AUTH_PASS": "pw-456", "REDIS_URL": "redis://:pw@x"}
+        {
+            "LABEL_STUDIO_API_KEY": "tok-123",
+            "BASIC_AUTH_USER": "u",
+            "BASIC_AUTH_PASS": "pw-456",
+            "REDIS_URL": "redis://:pw@x",
+        }
     )
     assert "tok-123" not in repr(s) and "pw-456" not in repr(s) and ":pw@" not in repr(s)
 
@@ -43,3 +48,42 @@ def test_secrets_stay_out_of_repr() -> None:
 def test_settings_are_frozen() -> None:
     with pytest.raises(AttributeError):
         Settings().port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"SEGGPT_ENSEMBLE": "fetaure"}, "SEGGPT_ENSEMBLE"),
+        ({"SEGGPT_SEG_TYPE": "panoptic"}, "SEGGPT_SEG_TYPE"),
+        ({"SEGGPT_MULTILABEL": "both"}, "SEGGPT_MULTILABEL"),
+        ({"SEGGPT_EXAMPLE_SELECTION": "random"}, "SEGGPT_EXAMPLE_SELECTION"),
+        ({"SEGGPT_DTYPE": "float8"}, "SEGGPT_DTYPE"),
+        ({"SEGGPT_DEVICE": "gpu"}, "SEGGPT_DEVICE"),
+        ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL"),
+        ({"SEGGPT_NUM_EXAMPLES": "four"}, "SEGGPT_NUM_EXAMPLES"),
+        ({"SEGGPT_NUM_EXAMPLES": "0"}, "SEGGPT_NUM_EXAMPLES"),
+        ({"SEGGPT_CHUNK_SIZE": "-1"}, "SEGGPT_CHUNK_SIZE"),
+        ({"SEGGPT_PREDICT_BUDGET_S": "soon"}, "SEGGPT_PREDICT_BUDGET_S"),
+        ({"BASIC_AUTH_USER": "admin"}, "BASIC_AUTH_PASS"),
+    ],
+)
+def test_a_bad_setting_is_refused_at_start_up_naming_the_variable(env: dict[str, str], names: str) -> None:
+    with pytest.raises(SettingsError, match=names):
+        Settings.from_env(env)
+
+
+def test_good_values_of_the_closed_settings_are_accepted() -> None:
+    s = Settings.from_env(
+        {"SEGGPT_DEVICE": "cuda:1", "SEGGPT_DTYPE": "bf16", "LOG_LEVEL": "debug", "SEGGPT_ENSEMBLE": "none"}
+    )
+    assert (s.device, s.dtype, s.ensemble) == ("cuda:1", "bf16", "none")
+
+
+def test_the_command_line_exits_2_with_the_bad_setting_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from seggpt_backend.cli import main
+
+    monkeypatch.setenv("SEGGPT_SEG_TYPE", "panoptic")
+    assert main(["serve"]) == 2
+    assert "SEGGPT_SEG_TYPE='panoptic'" in capsys.readouterr().err

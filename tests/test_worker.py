@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -252,3 +254,68 @@ def test_tasks_queued_before_any_worker_are_written_back_with_the_version_setup_
             after = c.post("/setup", json=setup).json()["model_version"]
         assert after != before and after.startswith("seggpt-random-tiny-0.ex-")
         assert {b["model_version"] for _, b in dep.images.posted} == {after}
+
+
+class OwnRedis:
+    """A ``redis-server`` of the test's own on a free loopback port, to kill and restart."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dir = tmp_path
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(lambda: _pings(self.url), timeout=10)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.2).ping())
+    except redis.exceptions.ConnectionError:
+        return False
+
+
+@pytest.mark.slow
+def test_the_worker_survives_a_redis_restart_and_registers_again(dep: Deployment, tmp_path: Path) -> None:
+    own = OwnRedis(tmp_path)
+    own.start()
+    env = {**dep.env, "REDIS_URL": own.url}
+    try:
+        with worker_process(env, log_path=dep.log) as proc:
+            conn = redis.Redis.from_url(own.url)
+            wait_for(lambda: len(Worker.all(connection=conn)) == 1, timeout=90)
+            own.kill()  # no persistence: the restarted Redis knows no worker and no job
+            time.sleep(2)
+            own.start()
+            conn = redis.Redis.from_url(own.url)
+            wait_for(lambda: len(Worker.all(connection=conn)) == 1, timeout=60)
+            assert proc.poll() is None, dep.log.read_text()
+            # ...and it takes work again: a job on its queue is done.
+            queue = RQJobQueue(conn, dep.prefix, job_timeout_s=60)
+            job_id = queue.enqueue("interactive", "sync", {"project": "7", "force": True})
+            wait_for(
+                lambda: (
+                    Job.fetch(job_id, connection=conn, serializer=JSONSerializer).get_status()
+                    in ("finished", "failed")
+                ),
+                timeout=60,
+            )
+    finally:
+        if own.proc is not None and own.proc.poll() is None:
+            own.kill()

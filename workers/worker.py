@@ -27,10 +27,12 @@ works too.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,6 +51,9 @@ from seggpt_backend.settings import Settings
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 15.0
+# Back-off between attempts to reach Redis again after it went away: doubles from MIN to MAX.
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 30.0
 
 
 class JobTimeout(BaseException):
@@ -141,6 +146,7 @@ def run_worker(
     with a clear message when ``REDIS_URL`` is not set (embedded mode has no separate worker).
     """
     import redis
+    import redis.exceptions
 
     configure_logging(settings)
     if not settings.redis_url:
@@ -160,15 +166,31 @@ def run_worker(
         Queue(rq_queue_name(settings.key_prefix, n), connection=connection, serializer=JSONSerializer)
         for n in names
     ]
-    worker = SegGptWorker(
-        rq_queues,
-        connection=connection,
-        context=context,
-        name=f"seggpt-{socket.gethostname()}-{os.getpid()}",
-    )
-    worker.heartbeat_s = settings.worker_heartbeat_s
+    delay = RECONNECT_MIN_S
     try:
-        worker.work(burst=burst, max_jobs=max_jobs, logging_level=settings.log_level.upper())
+        for attempt in itertools.count():
+            # A new name per attempt: after a short outage the old registration may still be
+            # live in Redis, and RQ refuses two workers of one name.
+            worker = SegGptWorker(
+                rq_queues,
+                connection=connection,
+                context=context,
+                name=f"seggpt-{socket.gethostname()}-{os.getpid()}-{attempt}",
+            )
+            worker.heartbeat_s = settings.worker_heartbeat_s
+            started = time.monotonic()
+            try:
+                worker.work(burst=burst, max_jobs=max_jobs, logging_level=settings.log_level.upper())
+                return
+            except redis.exceptions.ConnectionError as exc:
+                # Redis went away (restart, network): the engine stays loaded, and the worker
+                # waits and registers again instead of exiting (a container without a restart
+                # policy would otherwise stay down for good).
+                if time.monotonic() - started > RECONNECT_MAX_S:
+                    delay = RECONNECT_MIN_S  # it had been working: this is a new outage
+                log.warning("Redis unreachable (%s): reconnecting in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay = min(2 * delay, RECONNECT_MAX_S)
     finally:
         context.close()
 

@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 MODEL_CLASS = "SegGPT"
 OPEN_PATHS = frozenset({"/health"})
+# Set this header on the webhook in Label Studio (Settings > Webhooks > Headers) when
+# SEGGPT_WEBHOOK_SECRET is set; a header, not a query parameter, so access logs never show it.
+WEBHOOK_SECRET_HEADER = "X-SegGPT-Webhook-Secret"
 
 
 def _unauthorized() -> Response:
@@ -110,6 +113,29 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             ):
                 return await call_next(request)
             return _unauthorized()
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """Body cap (413) and the webhook secret, checked before a body is read."""
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > settings.max_body_bytes:
+            return JSONResponse(
+                {"detail": f"request body of {length} bytes exceeds SEGGPT_MAX_BODY_BYTES="
+                 f"{settings.max_body_bytes}"},
+                status_code=413,
+            )  # fmt: skip
+        if (
+            request.url.path == "/webhook"
+            and settings.webhook_secret
+            and not secrets.compare_digest(
+                request.headers.get(WEBHOOK_SECRET_HEADER, "").encode(), settings.webhook_secret.encode()
+            )
+        ):
+            return JSONResponse(
+                {"detail": f"webhook secret missing or wrong (header {WEBHOOK_SECRET_HEADER})"},
+                status_code=401,
+            )
+        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -22,7 +22,7 @@ from typing import Any
 
 from seggpt_backend.service.examples import record_from_annotation
 from seggpt_backend.service.materialize import Materializer
-from seggpt_backend.service.protocol import ConfigUnsupported, WebhookEvent, parse_targets
+from seggpt_backend.service.protocol import ConfigUnsupported, RequestError, WebhookEvent, parse_targets
 from seggpt_backend.service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -41,26 +41,44 @@ def enqueue_fill(rt: Runtime, project: str, *, force: bool) -> str | None:
     return rt.queue.enqueue("interactive", "sync", {"project": project, "force": force}, job_id=job_id)
 
 
+def _id(value: object, what: str, action: str) -> int:
+    """A Label Studio object id (a positive integer, or its decimal string) or a 422 naming it."""
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip().isdigit():
+        raise RequestError(f"webhook {action}: {what} must be a positive integer id, got {value!r}")
+    return int(value)
+
+
 def handle(rt: Runtime, event: WebhookEvent) -> dict[str, Any]:
-    """Apply one webhook event; returns a small JSON status (never raises for unknown actions)."""
+    """Apply one webhook event; returns a small JSON status (never raises for unknown actions).
+
+    Raises :class:`RequestError` (422) for a malformed field of an event it acts on, naming it.
+    """
     rt.metrics.inc("seggpt_webhooks_total", action=event.action)
     project_id = (event.project or {}).get("id")
     if project_id is None:
         return {"status": "ignored", "action": event.action, "reason": "event carries no project id"}
-    project = str(project_id)
+    project = str(_id(project_id, "project.id", event.action))
 
     if event.action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
         annotation, task = event.annotation or {}, event.task or {}
         if annotation.get("id") is None:
             return {"status": "ignored", "action": event.action, "reason": "event carries no annotation"}
+        annotation_id = _id(annotation["id"], "annotation.id", event.action)
+        if task.get("id") is not None:
+            _id(task["id"], "task.id", event.action)
         try:
             targets = parse_targets(str((event.project or {}).get("label_config") or ""))
         except ConfigUnsupported as exc:
             return {"status": "ignored", "action": event.action, "reason": str(exc)}
         fields = {t.to_name: t.data_key for t in targets}
-        record = record_from_annotation(annotation, task, fields)
+        try:
+            record = record_from_annotation(annotation, task, fields)
+        except (TypeError, ValueError) as exc:  # e.g. a non-numeric RLE run or size
+            raise RequestError(
+                f"webhook {event.action}: annotation {annotation_id}: malformed brush region ({exc})"
+            ) from exc
         if record is None:
-            removed = rt.examples.delete(project, [int(annotation["id"])])
+            removed = rt.examples.delete(project, [annotation_id])
             _forget(rt, project, removed)
             return {
                 "status": "ok",
@@ -86,7 +104,9 @@ def handle(rt: Runtime, event: WebhookEvent) -> dict[str, Any]:
 
     if event.action == "ANNOTATIONS_DELETED":
         ids = [
-            int(a["id"]) for a in event.annotations or [] if isinstance(a, dict) and a.get("id") is not None
+            _id(a["id"], "annotations[].id", event.action)
+            for a in event.annotations or []
+            if isinstance(a, dict) and a.get("id") is not None
         ]
         removed = rt.examples.delete(project, ids)
         _forget(rt, project, removed)
