@@ -41,6 +41,7 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
+from rq.worker_registration import REDIS_WORKER_KEYS
 
 from seggpt_backend.service import jobs
 from seggpt_backend.service.kv import RedisKV
@@ -84,6 +85,19 @@ class SegGptWorker(SimpleWorker):
         kwargs.setdefault("serializer", JSONSerializer)
         super().__init__(*args, **kwargs)
         self.context = context
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """Beat, and register again if Redis lost this worker (a restart without persistence).
+
+        RQ's dequeue loop survives the outage and reconnects by itself, but its beat only
+        refreshes a key: the worker would keep taking jobs while invisible to ``/health`` and to
+        RQ's registry cleaning.
+        """
+        if pipeline is None and not self.connection.sismember(REDIS_WORKER_KEYS, self.key):
+            log.warning("worker %s is unknown to Redis (restarted?): registering again", self.name)
+            self.connection.delete(self.key)
+            self.register_birth()
+        super().heartbeat(timeout, pipeline)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         stop = threading.Event()
@@ -176,6 +190,9 @@ def run_worker(
                 connection=connection,
                 context=context,
                 name=f"seggpt-{socket.gethostname()}-{os.getpid()}-{attempt}",
+                # An idle worker beats every worker_ttl - 15 s (RQ's dequeue timeout): keep it
+                # short so a restarted Redis learns of it and a dead one drops out soon.
+                worker_ttl=int(2 * settings.worker_heartbeat_s) + 30,
             )
             worker.heartbeat_s = settings.worker_heartbeat_s
             started = time.monotonic()
