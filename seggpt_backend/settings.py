@@ -41,6 +41,7 @@ MINIMUM: dict[str, float] = {
     "job_timeout_s": 1,
     "worker_heartbeat_s": 0.1,
     "max_body_bytes": 1024,
+    "download_deadline_s": 0.1,  # seconds; must be > 0 (the client refuses 0)
 }
 
 
@@ -73,6 +74,8 @@ class Settings:
     label_studio_url: str = field(default="", metadata={"env": "LABEL_STUDIO_URL"})
     label_studio_api_key: str = field(default="", repr=False, metadata={"env": "LABEL_STUDIO_API_KEY"})
     allowed_hosts: tuple[str, ...] = field(default=(), metadata={"env": "SEGGPT_ALLOWED_HOSTS"})
+    # Wall-clock seconds one image download may take, redirects included.
+    download_deadline_s: float = field(default=60.0, metadata={"env": "SEGGPT_DOWNLOAD_DEADLINE_S"})
 
     # HTTP server
     host: str = field(default="0.0.0.0", metadata={"env": "HOST"})

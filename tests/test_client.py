@@ -8,7 +8,9 @@ The e2e tests share one Label Studio for the session (``tests.labelstudio_server
 from __future__ import annotations
 
 import base64
+import math
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 from PIL import Image
 
 from seggpt_backend.labelstudio.client import (
+    DownloadTimeoutError,
     DownloadTooLargeError,
     HostNotAllowedError,
     LabelStudioAuthError,
@@ -40,11 +43,18 @@ LEGACY = "0123456789abcdef0123456789abcdef01234567"
 
 
 class Recorder(ThreadingHTTPServer):
-    """A real HTTP server on 127.0.0.1 that records requests and serves canned answers by path."""
+    """A real HTTP server on 127.0.0.1 that records requests and serves canned answers by path.
+
+    ``delays`` waits that many seconds before answering a path (headers included); ``trickle``
+    sends a path's body one byte at a time, that many seconds apart (a slow or hostile host).
+    """
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+        self.delays: dict[str, float] = {}
+        self.trickle: dict[str, float] = {}
+        self.stopping = threading.Event()  # set by the fixture: pending sleeps end at once
         super().__init__(("127.0.0.1", 0), _Handler)
 
     @property
@@ -58,12 +68,25 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.server.requests.append((self.path, dict(self.headers.items())))
         status, headers, body = self.server.routes.get(self.path, (404, {}, b"not here"))
+        if self.server.stopping.wait(self.server.delays.get(self.path, 0.0)):
+            return
         self.send_response(status)
         for k, v in headers.items():
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        interval = self.server.trickle.get(self.path)
+        if interval is None:
+            self.wfile.write(body)
+            return
+        try:
+            for i in range(len(body)):
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+                if self.server.stopping.wait(interval):
+                    return
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up on us: what the deadline is for
 
     def log_message(self, *args: object) -> None:
         pass
@@ -77,6 +100,7 @@ def other_host() -> Iterator[Recorder]:
     try:
         yield server
     finally:
+        server.stopping.set()
         server.shutdown()
         server.server_close()
 
@@ -237,6 +261,61 @@ def test_allowed_host_gets_no_credentials_and_redirects_are_rechecked(other_host
         c.fetch_image_bytes(f"{other_host.origin}/gone")
     assert info.value.status_code == 404 and info.value.url == f"{other_host.origin}/gone"
     assert "(404)" in str(info.value) and "<html>" not in str(info.value)
+
+
+def test_download_deadline_must_be_positive() -> None:
+    for bad in (0, -1.0, math.nan):
+        with pytest.raises(ValueError, match="download_deadline_s"):
+            LabelStudioClient("http://ls:8080", LEGACY, download_deadline_s=bad)
+    assert LabelStudioClient("http://ls:8080", LEGACY).download_deadline_s == 60.0
+
+
+def test_trickling_download_is_cut_at_the_deadline(other_host: Recorder) -> None:
+    """A host sending 1 byte every 0.2 s (10 s for the whole body) stays under every per-read
+    timeout; the 1 s total deadline ends the download, and a fast download still works."""
+    slow = "/slow.png?sig=secret-signature"  # a presigned-looking URL: the error must redact it
+    other_host.routes[slow] = (200, {}, b"x" * 50)
+    other_host.trickle[slow] = 0.2
+    other_host.routes["/fast.png"] = (200, {}, b"\x89PNG-fast")
+    c = LabelStudioClient(other_host.origin, LEGACY, timeout=5, download_deadline_s=1.0)
+
+    assert c.fetch_image_bytes("/fast.png") == b"\x89PNG-fast"
+    started = time.monotonic()
+    with pytest.raises(DownloadTimeoutError) as info:
+        c.fetch_image_bytes(slow)
+    elapsed = time.monotonic() - started
+    assert 0.9 <= elapsed < 5, elapsed
+    err = info.value
+    assert isinstance(err, LabelStudioError) and err.status_code == 200
+    assert err.url == f"{other_host.origin}/slow.png?sig=REDACTED"
+    assert f"{other_host.origin}/slow.png?sig=REDACTED" in str(err) and "1 s download deadline" in str(err)
+    assert "secret-signature" not in str(err)
+    assert c.fetch_image_bytes("/fast.png") == b"\x89PNG-fast"  # the client is still usable
+
+
+def test_stalled_headers_and_slow_redirect_chains_hit_the_deadline(other_host: Recorder) -> None:
+    """No byte at all (read timeout 30 s) and a chain of slow redirects on an allowed host: both
+    end at the deadline, not after the per-request timeout or the whole chain."""
+    other_host.routes["/stall.png"] = (200, {}, b"late")
+    other_host.delays["/stall.png"] = 10.0
+    for i in range(5):
+        other_host.routes[f"/hop{i}"] = (302, {"Location": f"/hop{i + 1}"}, b"")
+        other_host.delays[f"/hop{i}"] = 0.3
+    other_host.routes["/hop5"] = (200, {}, b"end")
+    host = f"127.0.0.1:{other_host.server_address[1]}"
+    c = LabelStudioClient("http://127.0.0.1:9", LEGACY, allowed_hosts=[host], download_deadline_s=0.8)
+
+    started = time.monotonic()
+    with pytest.raises(DownloadTimeoutError, match=r"/stall\.png took longer than the 0\.8 s") as info:
+        c.fetch_image_bytes(f"{other_host.origin}/stall.png")
+    assert time.monotonic() - started < 5 and info.value.status_code is None
+
+    started = time.monotonic()
+    with pytest.raises(DownloadTimeoutError, match="/hop"):
+        c.fetch_image_bytes(f"{other_host.origin}/hop0")
+    assert time.monotonic() - started < 5
+    assert "/hop5" not in [path for path, _ in other_host.requests]  # the chain was not finished
+    assert all("authorization" not in {k.lower() for k in h} for _, h in other_host.requests)
 
 
 def test_connection_error_is_a_label_studio_error() -> None:
@@ -435,3 +514,49 @@ def test_create_prediction_is_visible(label_studio: LabelStudio, uploaded: tuple
         with pytest.raises(LabelStudioError) as info:
             c.create_prediction(987654, result, 0.5, "v")
         assert info.value.status_code == 400 and "/api/predictions" in str(info.value)
+
+
+def _brush(label: str) -> list[dict]:
+    return [
+        {
+            "from_name": "tag",
+            "to_name": "image",
+            "type": "brushlabels",
+            "original_width": 4,
+            "original_height": 4,
+            "image_rotation": 0,
+            "value": {"format": "rle", "rle": [0, 0, 0, 64, 0, 0], "brushlabels": [label]},
+        }
+    ]
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_list_and_delete_predictions_leave_annotations_alone(label_studio: LabelStudio) -> None:
+    project = label_studio.create_project(CONFIG)
+    task, other = label_studio.import_tasks(project, [{"image": "/data/upload/x/a.png"}] * 2)
+    annotation = label_studio.annotate(task, _brush("Cat"))
+    with LabelStudioClient(label_studio.url, label_studio.pat) as c:
+        assert c.list_predictions(task) == []
+        old = c.create_prediction(task, _brush("Dog"), 0.4, "seggpt-old", project_id=project)
+        new = c.create_prediction(task, _brush("Cat"), 0.9, "seggpt-new", project_id=project)
+        elsewhere = c.create_prediction(other, _brush("Dog"), 0.5, "seggpt-old", project_id=project)
+
+        listed = c.list_predictions(task)
+        assert sorted((p["id"], p["model_version"]) for p in listed) == [
+            (old["id"], "seggpt-old"),
+            (new["id"], "seggpt-new"),
+        ]
+        assert all(p["task"] == task for p in listed)
+        assert [p["id"] for p in c.list_predictions(other)] == [elsewhere["id"]]
+
+        assert c.delete_prediction(old["id"]) is None
+        assert [p["id"] for p in c.list_predictions(task)] == [new["id"]]
+        c.delete_prediction(old["id"])  # already gone: a 404, not an error
+        assert [p["id"] for p in label_studio.predictions(task)] == [new["id"]]  # seen by Label Studio too
+        assert [p["id"] for p in c.list_predictions(other)] == [elsewhere["id"]]
+
+        stored = c.get_task(task)
+        assert [a["id"] for a in stored["annotations"]] == [annotation]
+        assert stored["annotations"][0]["result"][0]["value"]["brushlabels"] == ["Cat"]
+        assert [p["id"] for p in stored["predictions"]] == [new["id"]]

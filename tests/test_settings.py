@@ -64,12 +64,34 @@ def test_settings_are_frozen() -> None:
         ({"SEGGPT_NUM_EXAMPLES": "0"}, "SEGGPT_NUM_EXAMPLES"),
         ({"SEGGPT_CHUNK_SIZE": "-1"}, "SEGGPT_CHUNK_SIZE"),
         ({"SEGGPT_PREDICT_BUDGET_S": "soon"}, "SEGGPT_PREDICT_BUDGET_S"),
+        ({"SEGGPT_DOWNLOAD_DEADLINE_S": "0"}, "SEGGPT_DOWNLOAD_DEADLINE_S"),
+        ({"SEGGPT_DOWNLOAD_DEADLINE_S": "-5"}, "SEGGPT_DOWNLOAD_DEADLINE_S"),
+        ({"SEGGPT_DOWNLOAD_DEADLINE_S": "a minute"}, "SEGGPT_DOWNLOAD_DEADLINE_S"),
         ({"BASIC_AUTH_USER": "admin"}, "BASIC_AUTH_PASS"),
     ],
 )
 def test_a_bad_setting_is_refused_at_start_up_naming_the_variable(env: dict[str, str], names: str) -> None:
     with pytest.raises(SettingsError, match=names):
         Settings.from_env(env)
+
+
+def test_download_deadline_defaults_to_a_minute_and_reaches_the_client() -> None:
+    from seggpt_backend.service.jobs import make_client
+
+    assert Settings().download_deadline_s == 60.0
+    s = Settings.from_env(
+        {
+            "SEGGPT_DOWNLOAD_DEADLINE_S": "2.5",
+            "LABEL_STUDIO_URL": "http://ls:8080",
+            "LABEL_STUDIO_API_KEY": "k",
+        }
+    )
+    assert s.download_deadline_s == 2.5
+    client = make_client(s)
+    try:
+        assert client.download_deadline_s == 2.5
+    finally:
+        client.close()
 
 
 def test_good_values_of_the_closed_settings_are_accepted() -> None:

@@ -13,7 +13,9 @@ restricted (SSRF protection): relative URLs (``/data/upload/...``, ``/data/local
 resolve against the Label Studio URL; absolute ``http(s)`` URLs are fetched only from the Label
 Studio origin or from ``allowed_hosts``; cloud URIs (``s3://``, ``gs://``, ...) go through Label
 Studio's ``/tasks/<id>/resolve/`` endpoint. Redirects are followed by hand and re-checked. The
-Label Studio credentials are only ever sent to the Label Studio origin. Downloads are capped.
+Label Studio credentials are only ever sent to the Label Studio origin. Downloads are capped in
+size (``max_download_bytes``) and in total wall-clock time (``download_deadline_s``, redirects
+included), so a host trickling bytes cannot hold a download (and the GPU job waiting on it).
 
 Error messages name the method, the (redacted) URL and the status code; never a credential.
 """
@@ -33,6 +35,7 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 import httpx
 
 __all__ = [
+    "DownloadTimeoutError",
     "DownloadTooLargeError",
     "HostNotAllowedError",
     "LabelStudioAuthError",
@@ -45,6 +48,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_DOWNLOAD_BYTES = 256 * 2**20
+DEFAULT_DOWNLOAD_DEADLINE_S = 60.0
+_ERROR_BODY_BYTES = 8192  # how much of an error body is read for its message
 _MAX_REDIRECTS = 5
 _REFRESH_MARGIN_S = 30.0  # renew the access token this long before its ``exp``
 _FALLBACK_ACCESS_TTL_S = 240.0  # when an access token carries no readable ``exp``/``iat``
@@ -76,6 +81,10 @@ class HostNotAllowedError(LabelStudioError):
 
 class DownloadTooLargeError(LabelStudioError):
     """A download exceeded ``max_download_bytes``."""
+
+
+class DownloadTimeoutError(LabelStudioError):
+    """A download (redirects included) ran past ``download_deadline_s`` seconds of wall-clock time."""
 
 
 def parse_project_id(value: str | int) -> int:
@@ -148,16 +157,23 @@ def _origin(url: str | httpx.URL) -> tuple[str, str, int]:
     return u.scheme, u.host.lower(), u.port or (443 if u.scheme == "https" else 80)
 
 
-def _detail(response: httpx.Response) -> str:
-    """A short reason from an error body (Label Studio answers JSON ``detail``; HTML pages are skipped)."""
+def _detail(response: httpx.Response, deadline: float | None = None) -> str:
+    """A short reason from an error body (Label Studio answers JSON ``detail``; HTML pages are skipped).
+
+    A streamed body is read up to 8 KiB only, and no further than ``deadline`` (a
+    :func:`time.monotonic` instant, in seconds) or a failed read: the reason is then what came.
+    """
     if not response.is_stream_consumed:
-        # a streamed download: read a bounded prefix only, the body may be large
+        # a streamed download: read a bounded prefix only, the body may be large or trickle
         head = b""
-        for chunk in response.iter_bytes():
-            head += chunk
-            if len(head) > 8192:
-                break
-        raw = head[:8192]
+        try:
+            for chunk in response.iter_bytes():
+                head += chunk
+                if len(head) > _ERROR_BODY_BYTES or (deadline is not None and time.monotonic() >= deadline):
+                    break
+        except httpx.HTTPError:
+            pass  # the status code already says what failed; the body is only a hint
+        raw = head[:_ERROR_BODY_BYTES]
     else:
         raw = response.content
     try:
@@ -177,8 +193,10 @@ class LabelStudioClient:
     """Talks to one Label Studio instance (``url``) with one API key; thread-safe.
 
     ``allowed_hosts`` lists extra hosts images may be downloaded from: ``"host"`` (any port),
-    ``"host:port"``, or ``"*.example.com"`` (any subdomain). ``timeout`` is per request, in
-    seconds. ``max_download_bytes`` caps one image download.
+    ``"host:port"``, or ``"*.example.com"`` (any subdomain). ``timeout`` is per request phase
+    (connect, each read), in seconds. ``max_download_bytes`` caps one image download, in bytes.
+    ``download_deadline_s`` caps the wall-clock time of one image download, redirects included, in
+    seconds (> 0): a host sending a byte now and then, each within ``timeout``, is cut off there.
     """
 
     def __init__(
@@ -189,6 +207,7 @@ class LabelStudioClient:
         allowed_hosts: Sequence[str] = (),
         timeout: float = 30,
         max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        download_deadline_s: float = DEFAULT_DOWNLOAD_DEADLINE_S,
     ) -> None:
         base = url.strip().rstrip("/")
         parts = urlsplit(base)
@@ -196,12 +215,15 @@ class LabelStudioClient:
             raise ValueError(f"Label Studio URL must be http(s)://host[:port], got {redact_url(url)!r}")
         if not api_key or not api_key.strip():
             raise ValueError("a Label Studio API key is required (LABEL_STUDIO_API_KEY)")
+        if not download_deadline_s > 0:  # also refuses NaN
+            raise ValueError(f"download_deadline_s must be > 0 seconds, got {download_deadline_s!r}")
         self.url = base
         self._origin = _origin(base)
         self._key = api_key.strip()
         self.uses_personal_access_token = is_personal_access_token(self._key)
         self.allowed_hosts = tuple(h.strip().lower() for h in allowed_hosts if h.strip())
         self.max_download_bytes = max_download_bytes
+        self.download_deadline_s = float(download_deadline_s)
         self._http = httpx.Client(timeout=timeout, follow_redirects=False)
         self._lock = threading.Lock()
         self._access: str | None = None
@@ -281,11 +303,13 @@ class LabelStudioClient:
                 f"{method} {shown} failed: {type(exc).__name__}: {exc}", url=shown
             ) from None
 
-    def _check(self, r: httpx.Response, method: str) -> None:
+    def _check(self, r: httpx.Response, method: str, *, deadline: float | None = None) -> None:
+        """Raise for a non-2xx answer; a streamed error body is read no further than ``deadline``
+        (a :func:`time.monotonic` instant, in seconds)."""
         if r.is_success:
             return
         url = redact_url(str(r.request.url))
-        reason = _detail(r) or r.reason_phrase
+        reason = _detail(r, deadline) or r.reason_phrase
         if r.status_code in (401, 403):
             kind = "personal access token" if self.uses_personal_access_token else "legacy API token"
             hint = (
@@ -373,6 +397,51 @@ class LabelStudioClient:
             body["project"] = int(project_id)
         return self._json("POST", "/api/predictions", json=body)
 
+    def list_predictions(self, task_id: int) -> list[dict[str, Any]]:
+        """``GET /api/predictions/?task={id}``: every prediction of one task (any model version).
+
+        Label Studio 1.23 answers a plain JSON list; a paginated answer (``{"results": [...],
+        "next": url}``) is followed page by page on the Label Studio origin. Only predictions whose
+        ``task`` is ``task_id`` are returned, so a server ignoring the filter cannot hand other
+        tasks' predictions to a caller about to delete superseded ones.
+        """
+        task = int(task_id)
+        url: str | None = f"{self.url}/api/predictions/"
+        params: dict[str, Any] | None = {"task": task}
+        out: list[dict[str, Any]] = []
+        for _ in range(10_000):  # a bound against a ``next`` link that points back at itself
+            if url is None:
+                break
+            r = self._send("GET", url, params=params)
+            self._check(r, "GET")
+            body = r.json() if r.content else []
+            if isinstance(body, dict):
+                page = body.get("results") or []
+                nxt = body.get("next")
+                url = urljoin(f"{self.url}/", nxt) if isinstance(nxt, str) and nxt else None
+                params = None  # ``next`` carries the query
+                if url is not None and _origin(url) != self._origin:
+                    raise LabelStudioError(
+                        f"GET {self.url}/api/predictions/ paginated to another origin: {redact_url(url)}",
+                        url=redact_url(url),
+                    )
+            else:
+                page, url = body, None
+            out.extend(p for p in page if isinstance(p, dict) and p.get("task") == task)
+        log.debug("GET /api/predictions/?task=%d -> %d predictions", task, len(out))
+        return out
+
+    def delete_prediction(self, prediction_id: int) -> None:
+        """``DELETE /api/predictions/{id}/``: remove one prediction. A 404 is success (already gone),
+        so a retried clean-up is harmless; annotations of the task are not touched."""
+        url = f"{self.url}/api/predictions/{int(prediction_id)}/"
+        r = self._send("DELETE", url)
+        if r.status_code == 404:
+            log.debug("DELETE %s -> 404 (already gone)", url)
+            return
+        self._check(r, "DELETE")
+        log.debug("DELETE %s -> %d", url, r.status_code)
+
     # ------------------------------------------------------------------ images
     def is_allowed(self, url: str | httpx.URL) -> bool:
         """True when ``url`` (absolute http(s)) may be fetched: the Label Studio origin or an allowed host."""
@@ -421,18 +490,27 @@ class LabelStudioClient:
         Accepts ``/data/upload/...``, ``/data/local-files/?d=...``, absolute http(s) URLs,
         ``data:`` URIs and cloud URIs (with ``task_id``). Raises :class:`HostNotAllowedError`
         before any request for a host outside Label Studio and ``allowed_hosts``,
-        :class:`DownloadTooLargeError` past ``max_download_bytes``, :class:`LabelStudioError`
-        (with ``status_code`` and the redacted URL) for failed requests, ``ValueError`` for
-        references that cannot be resolved.
+        :class:`DownloadTooLargeError` past ``max_download_bytes``,
+        :class:`DownloadTimeoutError` once the download (redirects included) has taken
+        ``download_deadline_s`` seconds, :class:`LabelStudioError` (with ``status_code`` and the
+        redacted URL) for failed requests, ``ValueError`` for references that cannot be resolved.
+
+        The deadline is checked before each redirect hop and between received chunks, and each
+        request's connect/read timeouts are capped at the time left when it starts; so a download
+        ends within about ``download_deadline_s + min(timeout, download_deadline_s)`` seconds even
+        if the server stalls, and within ``download_deadline_s`` plus one chunk if it trickles.
         """
         if url_or_path.startswith("data:"):
             return self._data_uri(url_or_path)
+        deadline = time.monotonic() + self.download_deadline_s
         url = self.resolve_url(url_or_path, task_id)
         for _ in range(_MAX_REDIRECTS + 1):
             try:
                 target = httpx.URL(url)
             except httpx.InvalidURL as exc:
                 raise ValueError(f"invalid image URL {redact_url(url)!r}: {exc}") from None
+            if time.monotonic() >= deadline:  # before each hop: a slow redirect chain counts too
+                raise self._deadline_error(url)
             if not self.is_allowed(target):
                 raise HostNotAllowedError(
                     f"refusing to download {redact_url(url)}: host is neither the Label Studio host "
@@ -440,23 +518,51 @@ class LabelStudioClient:
                     f"({', '.join(self.allowed_hosts) or 'none'}; set SEGGPT_ALLOWED_HOSTS)",
                     url=redact_url(url),
                 )
-            if _origin(target) == self._origin:
-                r = self._send("GET", target, stream=True)
-            else:  # another host: never send it the Label Studio credentials
-                r = self._plain("GET", target, stream=True)
+            timeout = self._capped_timeout(deadline)
+            try:
+                if _origin(target) == self._origin:
+                    r = self._send("GET", target, stream=True, timeout=timeout)
+                else:  # another host: never send it the Label Studio credentials
+                    r = self._plain("GET", target, stream=True, timeout=timeout)
+            except LabelStudioError as exc:
+                if exc.status_code is None and time.monotonic() >= deadline:
+                    raise self._deadline_error(url) from None  # the capped timeout fired
+                raise
             try:
                 if r.is_redirect:
                     url = urljoin(str(target), r.headers.get("location", ""))
                     continue
-                self._check(r, "GET")
-                return self._read_capped(r, url)
+                self._check(r, "GET", deadline=deadline)
+                return self._read_capped(r, url, deadline)
             finally:
                 r.close()
         raise LabelStudioError(
             f"too many redirects downloading {redact_url(url_or_path)}", url=redact_url(url)
         )
 
-    def _read_capped(self, r: httpx.Response, url: str) -> bytes:
+    def _capped_timeout(self, deadline: float) -> httpx.Timeout:
+        """The client's timeouts with each phase capped at the seconds left until ``deadline``
+        (a :func:`time.monotonic` instant), so a stalled connect or read cannot outlast it by much."""
+        left = max(deadline - time.monotonic(), 0.001)
+        t = self._http.timeout
+
+        def cap(value: float | None) -> float:
+            return left if value is None else min(value, left)
+
+        return httpx.Timeout(connect=cap(t.connect), read=cap(t.read), write=cap(t.write), pool=cap(t.pool))
+
+    def _deadline_error(self, url: str, status_code: int | None = None) -> DownloadTimeoutError:
+        shown = redact_url(url)
+        return DownloadTimeoutError(
+            f"downloading {shown} took longer than the {self.download_deadline_s:g} s download "
+            "deadline (SEGGPT_DOWNLOAD_DEADLINE_S)",
+            status_code=status_code,
+            url=shown,
+        )
+
+    def _read_capped(self, r: httpx.Response, url: str, deadline: float | None = None) -> bytes:
+        """The body of a streamed response, at most ``max_download_bytes`` bytes, received before
+        ``deadline`` (a :func:`time.monotonic` instant, in seconds; ``None``: no deadline)."""
         cap = self.max_download_bytes
         declared = r.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > cap:
@@ -467,15 +573,27 @@ class LabelStudioClient:
             )
         chunks: list[bytes] = []
         size = 0
-        for chunk in r.iter_bytes():
-            size += len(chunk)
-            if size > cap:
-                raise DownloadTooLargeError(
-                    f"{redact_url(url)} exceeds the {cap}-byte download limit",
-                    status_code=r.status_code,
-                    url=redact_url(url),
-                )
-            chunks.append(chunk)
+        try:
+            for chunk in r.iter_bytes():
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise self._deadline_error(url, r.status_code)
+                size += len(chunk)
+                if size > cap:
+                    raise DownloadTooLargeError(
+                        f"{redact_url(url)} exceeds the {cap}-byte download limit",
+                        status_code=r.status_code,
+                        url=redact_url(url),
+                    )
+                chunks.append(chunk)
+        except httpx.HTTPError as exc:  # a read timed out or the connection broke mid-body
+            if deadline is not None and time.monotonic() >= deadline:
+                raise self._deadline_error(url, r.status_code) from None
+            shown = redact_url(url)
+            raise LabelStudioError(
+                f"GET {shown} failed while reading the body: {type(exc).__name__}: {exc}",
+                status_code=r.status_code,
+                url=shown,
+            ) from None
         return b"".join(chunks)
 
     def _data_uri(self, uri: str) -> bytes:
