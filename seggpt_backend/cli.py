@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.set_defaults(func=_serve)
 
     wrk = sub.add_parser("worker", help="run one GPU worker (needs REDIS_URL)")
-    wrk.add_argument("--queues", nargs="+", default=["interactive", "batch", "tune"])
+    wrk.add_argument("--queues", nargs="+", default=["interactive", "batch"])
     wrk.set_defaults(func=_worker)
     return parser
 

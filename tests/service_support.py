@@ -48,11 +48,12 @@ def new_prefix() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
 
 
-def cleanup_redis(prefix: str, db: int = TEST_DB) -> None:
-    """Delete every key of a test namespace (ours and RQ's queue keys that embed the prefix)."""
+def cleanup_redis(prefix: str, db: int = TEST_DB, *, url: str | None = None) -> None:
+    """Delete every key of a test namespace (ours and RQ's queue keys that embed the prefix);
+    ``url`` names another Redis (a test's own server) than the shared one."""
     import redis
 
-    client = redis.Redis.from_url(redis_url(db))
+    client = redis.Redis.from_url(url or redis_url(db))
     keys = list(client.scan_iter(match=f"*{prefix}*", count=1000))
     job_ids: set[bytes] = set()
     for key in keys:  # RQ queues and registries list job ids whose hashes do not embed the prefix

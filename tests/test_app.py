@@ -109,9 +109,17 @@ def test_webhooks_then_predict_replays_recorded_requests(client: TestClient, ima
             assert (region["original_width"], region["original_height"]) == (96, 72)
             assert region["value"]["brushlabels"][0] in ("Cat", "Dog")
 
-    # Asking again does not recompute (no new downloads) and answers the same, in order.
+    # Asking again at once (a duplicate request) stores nothing twice: the first answer claimed
+    # each task's delivery. Nothing is recomputed (no new downloads).
     hits = dict(images.hits)
     reordered = {**body, "tasks": list(reversed(body["tasks"]))}
+    assert client.post("/predict", json=reordered).json()["results"] == [[], [], []]
+    assert images.hits == hits
+    # Once the claims ran out (the predictions were deleted in Label Studio since), the cached
+    # results are answered again, in request order.
+    store = client.app.state.runtime.results  # type: ignore[attr-defined]
+    for t in body["tasks"]:
+        store.release("1", version, t["id"])
     again = client.post("/predict", json=reordered).json()
     assert again["results"] == list(reversed(out["results"]))
     assert images.hits == hits
@@ -256,7 +264,9 @@ def test_without_workers_predict_answers_at_once_and_leaves_tasks_for_write_back
             assert out["results"] == [[], [], []]
             assert any("no worker is running" in m for m in out["messages"])
             store: ResultStore = app.state.runtime.results
-            assert all(store.writeback_requested("1", version, t) for t in (3, 4, 5))
+            assert app.state.runtime.outstanding.tracked_tasks() == 3  # watched until computed
+            assert store.pending() == []  # nothing computed, nothing claimed: a worker will write back
+            assert all(store.claim("1", version, t) for t in (3, 4, 5))
             assert (
                 'seggpt_queue_depth{queue="batch"} 1' in c.get("/metrics").text
             )  # the chunk waits for a worker

@@ -522,10 +522,11 @@ def test_healthcheck_against_redis_mode_serve_and_worker(tmp_path):
                 worker.terminate()
                 assert worker.wait(timeout=30) == 0
             assert run_python(worker_check, {"REDIS_URL": url}).returncode == 1  # unregistered
-            # Redis gone: the backend answers 503 DOWN, which the health check must report.
+            # Redis gone: the backend answers 503 DOWN (from its next health snapshot, taken every
+            # second), which the health check must report.
             redis_proc.terminate()
             redis_proc.wait(timeout=10)
-            assert _http_status(port) == 503
+            wait_until(lambda: _http_status(port) == 503, "DOWN", serve_log, serve, timeout=10)
             assert run_python(healthcheck_code(), check).returncode != 0
 
 

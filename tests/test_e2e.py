@@ -152,10 +152,25 @@ class Backend:
     tmp: Path
     exit_codes: dict[str, int | None] = field(default_factory=dict)
 
-    def start_worker(self) -> None:
+    def start_worker(self, name: str = "worker") -> None:
         """``seggpt-backend worker`` (redis mode) with the server's environment."""
-        log = self.tmp / "worker.log"
-        self.procs["worker"] = (_spawn(["worker"], self.env, log), log)
+        log = self.tmp / f"{name}.log"
+        self.procs[name] = (_spawn(["worker"], self.env, log), log)
+
+    def start_serve(self) -> None:
+        """``seggpt-backend serve`` on the backend's URL (again, after a crash)."""
+        log = self.tmp / "serve.log"
+        port = self.url.rsplit(":", 1)[1]
+        with open(log, "ab") as out:
+            out.write(b"----- (re)started -----\n")
+        self.procs["serve"] = (_spawn(["serve", "--host", "127.0.0.1", "--port", port], self.env, log), log)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a process (and its group), as the OOM killer or a power cut would."""
+        proc = self.procs[name][0]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
     def setup(self, project: int) -> str:
         """``POST /setup`` as Label Studio sends it; returns the project's model version."""
@@ -209,9 +224,16 @@ def _stop(proc: subprocess.Popen[bytes], grace: float = 30) -> int | None:
 
 
 @contextlib.contextmanager
-def running_backend(mode: str, ls: LabelStudio, tmp: Path, *, worker: bool = True) -> Iterator[Backend]:
+def running_backend(
+    mode: str,
+    ls: LabelStudio,
+    tmp: Path,
+    *,
+    worker: bool = True,
+    env_extra: dict[str, str] | None = None,
+) -> Iterator[Backend]:
     """Start ``serve`` (+ ``worker`` in redis mode unless ``worker=False``) as subprocesses and wait
-    until they are ready; stop them and clean Redis at exit."""
+    until they are ready; stop them and clean Redis at exit. ``env_extra`` adds settings."""
     prefix = new_prefix()
     port = free_port()
     weights = weights_spec()
@@ -228,6 +250,7 @@ def running_backend(mode: str, ls: LabelStudio, tmp: Path, *, worker: bool = Tru
     )
     if mode == "redis":
         env["REDIS_URL"] = redis_url()
+    env.update(env_extra or {})
     procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
     url = f"http://127.0.0.1:{port}"
     backend = Backend(mode, url, weights, procs, httpx.Client(base_url=url, timeout=30), env, tmp)
@@ -240,19 +263,21 @@ def running_backend(mode: str, ls: LabelStudio, tmp: Path, *, worker: bool = Tru
         yield backend
     finally:
         backend.http.close()
-        for name in ("serve", "worker"):  # the server first: no new jobs while the worker stops
-            if name in procs:
-                backend.exit_codes[name] = _stop(procs[name][0])
+        # The server first: no new jobs while the workers stop.
+        for name in sorted(procs, key=lambda n: n != "serve"):
+            backend.exit_codes[name] = _stop(procs[name][0])
         if mode == "redis":
-            cleanup_redis(prefix)
-            _forget_dead_workers(prefix)
+            url = env["REDIS_URL"]
+            with contextlib.suppress(Exception):
+                cleanup_redis(prefix, url=url)
+                _forget_dead_workers(prefix, url=url)
 
 
-def _forget_dead_workers(prefix: str) -> None:
+def _forget_dead_workers(prefix: str, *, url: str | None = None) -> None:
     """Delete the worker records RQ keeps for a minute after a worker stops (their names hold no prefix)."""
     import redis
 
-    client = redis.Redis.from_url(redis_url())
+    client = redis.Redis.from_url(url or redis_url())
     try:
         for key in client.scan_iter(match="rq:worker:*", count=1000):
             if client.type(key) == b"hash" and prefix.encode() in (client.hget(key, "queues") or b""):

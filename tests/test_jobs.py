@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from seggpt_backend.engine.engine import load_engine
 from seggpt_backend.service import jobs
+from seggpt_backend.service.contract import JobTask, Prompt, Target
 from seggpt_backend.service.kv import RedisKV
-from seggpt_backend.service.pipeline import Target
-from seggpt_backend.service.predict import predict_payload
+from seggpt_backend.service.predict import predict_job
 from seggpt_backend.service.protocol import Task
-from seggpt_backend.service.refine import Prompt
 from seggpt_backend.settings import Settings
 from tests.fixtures import scene
 from tests.service_support import (
@@ -70,12 +71,21 @@ def ctx(engine):
 
 def _payload(task_ids, **kw):
     tasks = [Task(id=t, data={"image": f"/data/upload/1/q{t % 3}.png"}) for t in task_ids]
-    return predict_payload(
+    return predict_job(
         project="1", model_version="v1", targets=TARGETS, tasks=tasks, channel="ch", queue="batch", **kw
     )
 
 
+def _with_image(job, url):
+    return dataclasses.replace(job, tasks=(JobTask(job.tasks[0].id, {"image": url}),))
+
+
+def _posted_tasks(ctx) -> list[int]:
+    return [b["task"] for p, b in ctx.images.posted if p == "/api/predictions"]
+
+
 def test_results_are_stored_once_and_a_rerun_does_not_recompute(ctx) -> None:
+    ctx.results.hold_waiter("ch")  # a request waits on this channel: it delivers, not the job
     first = jobs.execute_predict(ctx, _payload([10, 11]))
     assert first == {"tasks": 2, "computed": 2, "failed": 0}
     stored = ctx.results.get_many("1", "v1", [10, 11])
@@ -87,18 +97,29 @@ def test_results_are_stored_once_and_a_rerun_does_not_recompute(ctx) -> None:
     assert jobs.execute_predict(ctx, _payload([10, 11])) == {"tasks": 2, "computed": 0}
     assert ctx.images.hits == hits
     assert ctx.results.wait("ch", 0.1)  # the waiting request was woken
-    assert ctx.images.posted == []  # nobody asked for a write-back
+    assert ctx.images.posted == []  # left to the live request
+    assert sorted(p.task_id for p in ctx.results.pending()) == [10, 11]
+
+
+def test_results_a_dead_request_left_are_written_back_by_the_sweep_once(ctx) -> None:
+    ctx.results.hold_waiter("ch")
+    jobs.execute_predict(ctx, _payload([12, 13]))
+    assert ctx.delivery.sweep() == 0 and ctx.images.posted == []  # the request still waits
+    ctx.results.release_waiter("ch")  # the server died (its lease ran out) or gave up
+    assert ctx.delivery.sweep() == 2
+    assert sorted(_posted_tasks(ctx)) == [12, 13] and ctx.results.pending() == []
+    assert ctx.delivery.sweep() == 0 and len(ctx.images.posted) == 2
 
 
 def test_write_back_happens_once_and_not_after_the_server_claimed(ctx) -> None:
-    ctx.results.request_writeback("1", "v1", 20)
-    ctx.results.request_writeback("1", "v1", 21)
-    assert ctx.results.claim("1", "v1", 21)  # the server delivered task 21 in its response
+    # No request waits on the channel: the job writes back, except what a response claimed.
+    assert ctx.results.claim("1", ctx.model_version("1"), 21)  # task 21 went out in a response
     jobs.execute_predict(ctx, _payload([20, 21]))
-    assert [(p, b["task"]) for p, b in ctx.images.posted] == [("/api/predictions", 20)]
+    assert _posted_tasks(ctx) == [20]
     assert ctx.images.posted[0][1]["model_version"] == ctx.model_version("1")
-    assert not ctx.results.writeback_requested("1", "v1", 20)  # done
+    assert ctx.results.pending() == []  # both settled
     jobs.execute_predict(ctx, _payload([20, 21]))  # a retried job
+    ctx.delivery.sweep()
     assert len(ctx.images.posted) == 1
 
 
@@ -110,21 +131,21 @@ def test_failed_write_back_is_released_for_a_later_attempt(ctx, engine) -> None:
     )
     broken = jobs.WorkerContext(ctx.settings, ctx.kv, lambda: engine, client=jobs.make_client(down))
     try:
-        ctx.results.request_writeback("1", "v1", 30)
-        payload = _payload([30])
-        payload["tasks"][0]["images"]["image"] = ctx.images.url + "/data/upload/1/q0.png"
-        jobs.execute_predict(broken, payload)
+        jobs.execute_predict(broken, _with_image(_payload([30]), ctx.images.url + "/data/upload/1/q0.png"))
         assert "result" in ctx.results.get_many("1", "v1", [30])[30]
-        assert ctx.results.writeback_requested("1", "v1", 30)
-        assert ctx.results.claim("1", "v1", 30)  # the claim was given back for a later attempt
         assert "seggpt_writeback_failures_total 1" in ctx.metrics.render()
+        assert [p.task_id for p in ctx.results.pending()] == [30]  # kept for a later attempt
+        assert broken.delivery.sweep() == 0  # Label Studio still down: retried later, with back-off
+        (pending,) = ctx.results.pending()
+        assert pending.attempts == 1 and pending.retry_at > pending.since
+        assert ctx.delivery.sweep(now=pending.retry_at + 1) == 1  # back up: delivered once
+        assert _posted_tasks(ctx) == [30] and ctx.results.pending() == []
     finally:
         broken.close()
 
 
 def test_a_failed_task_is_not_cached_as_a_result(ctx) -> None:
-    payload = _payload([40])
-    payload["tasks"][0]["images"]["image"] = "/data/upload/1/missing.png"
+    payload = _with_image(_payload([40]), "/data/upload/1/missing.png")
     jobs.execute_predict(ctx, payload)
     assert "404" in ctx.results.get_many("1", "v1", [40])[40]["error"]
     ctx.images.add("/data/upload/1/missing.png", png_bytes(scene(48, 64, seed=3)[0]))
@@ -134,8 +155,7 @@ def test_a_failed_task_is_not_cached_as_a_result(ctx) -> None:
 
 def test_interactive_answers_go_to_the_request_not_the_cache(ctx) -> None:
     prompt = Prompt("Cat", "tag", "image", points=((50.0, 50.0, True),))
-    payload = _payload([50], prompt=prompt)
-    payload["channel"] = "req-1"
+    payload = dataclasses.replace(_payload([50], prompt=prompt), channel="req-1")
     jobs.execute_predict(ctx, payload)
     entry = ctx.results.get_interactive("req-1")
     assert entry is not None and all(r["value"]["brushlabels"] == ["Cat"] for r in entry["result"])

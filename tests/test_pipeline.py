@@ -9,10 +9,11 @@ import pytest
 
 from seggpt_backend.engine.engine import load_engine
 from seggpt_backend.engine.images import load_image_and_size
+from seggpt_backend.service.contract import JobTask, Target
 from seggpt_backend.service.examples import record_from_annotation
 from seggpt_backend.service.kv import MemoryKV
 from seggpt_backend.service.materialize import Materializer
-from seggpt_backend.service.pipeline import ExamplePicker, Options, Target, run_chunk
+from seggpt_backend.service.pipeline import ExamplePicker, Options, run_chunk
 from seggpt_backend.service.refine import Prompt
 from tests.fixtures import scene
 from tests.service_support import brush_result, png_bytes
@@ -54,7 +55,7 @@ def _run(files, records, tasks, engine, **kw):
         project="1",
         model_version="v1",
         targets=TARGETS,
-        tasks=tasks,
+        tasks=[JobTask.from_json(t) for t in tasks],
         records=records,
         materializer=Materializer(MemoryKV(), files.fetch, max_pixels=10**8),
         engine=engine,
@@ -222,7 +223,7 @@ def test_two_brush_controls_on_two_images(engine) -> None:
         project="1",
         model_version="v",
         targets=targets,
-        tasks=[{"id": 1, "images": {"image": "/qa.png", "other": "/qb.png"}}],
+        tasks=[JobTask(1, {"image": "/qa.png", "other": "/qb.png"})],
         records=[rec],
         materializer=Materializer(MemoryKV(), files.fetch, max_pixels=10**8),
         engine=engine,

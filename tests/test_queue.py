@@ -12,6 +12,7 @@ import redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from seggpt_backend.service.contract import JobTask, PredictJob, SyncJob, Target
 from seggpt_backend.service.queue import (
     QUEUES,
     InProcessJobQueue,
@@ -45,16 +46,26 @@ def test_queue_names_are_validated_and_ordered_by_priority() -> None:
 
 
 def test_rq_jobs_are_plain_json_and_deduplicated(rq_queue: RQJobQueue) -> None:
-    payload = {"project": "1", "tasks": [{"id": 3, "images": {"image": "/data/upload/1/a.png"}}]}
-    job_id = rq_queue.enqueue("batch", "predict", payload, job_id="seggpt-predict-test1")
-    assert rq_queue.enqueue("batch", "predict", payload, job_id="seggpt-predict-test1") == job_id
-    assert rq_queue.depths() == {"interactive": 0, "batch": 1, "tune": 0}
+    job = PredictJob(
+        project="1",
+        model_version="v1",
+        targets=(Target("tag", "image", "image", ("Cat",)),),
+        tasks=(JobTask(3, {"image": "/data/upload/1/a.png"}),),
+        channel="ch",
+        queue="batch",
+    )
+    payload = job.to_json()
+    job_id = rq_queue.enqueue("batch", job, job_id="seggpt-predict-test1")
+    assert rq_queue.enqueue("batch", job, job_id="seggpt-predict-test1") == job_id
+    assert rq_queue.depths() == {"interactive": 0, "batch": 1}
+    assert rq_queue.status(job_id) == "queued" and rq_queue.status("nope") is None
     raw = rq_queue.connection.hget(f"rq:job:{job_id}", "data")
     func, _instance, args, kwargs = json.loads(zlib.decompress(raw))  # zlib-compressed JSON, not pickle
     assert func == "seggpt_backend.service.jobs.predict_job" and args == [payload] and kwargs == {}
-    job = Job.fetch(job_id, connection=rq_queue.connection, serializer=JSONSerializer)
-    assert job.timeout == 120 and job.retries_left == 2
-    interactive = rq_queue.enqueue("interactive", "predict", payload)
+    assert PredictJob.from_json(args[0]) == job
+    rq_job = Job.fetch(job_id, connection=rq_queue.connection, serializer=JSONSerializer)
+    assert rq_job.timeout == 120 and rq_job.retries_left == 2
+    interactive = rq_queue.enqueue("interactive", job)
     assert Job.fetch(interactive, connection=rq_queue.connection, serializer=JSONSerializer).timeout == 120
     assert rq_queue.states()[("batch", "failed")] == 0
     assert rq_queue.workers() == 0
@@ -65,9 +76,9 @@ def test_in_process_queue_runs_interactive_first_and_retries() -> None:
     gate = threading.Event()
     attempts: dict[str, int] = {}
 
-    def run(queue: str, kind: str, payload: dict) -> None:
+    def run(job: SyncJob) -> None:
         gate.wait(5)
-        name = payload["name"]
+        name = job.project
         attempts[name] = attempts.get(name, 0) + 1
         if name == "flaky" and attempts[name] == 1:
             raise RuntimeError("transient")
@@ -75,11 +86,11 @@ def test_in_process_queue_runs_interactive_first_and_retries() -> None:
 
     q = InProcessJobQueue(run, start=lambda: time.sleep(0.2))
     try:
-        q.enqueue("batch", "predict", {"name": "b1"})
-        q.enqueue("batch", "predict", {"name": "b2"})
-        q.enqueue("interactive", "predict", {"name": "i1"})
-        q.enqueue("batch", "predict", {"name": "flaky"}, job_id="same")
-        q.enqueue("batch", "predict", {"name": "dup"}, job_id="same")  # deduplicated while pending
+        q.enqueue("batch", SyncJob("b1"))
+        q.enqueue("batch", SyncJob("b2"))
+        q.enqueue("interactive", SyncJob("i1"))
+        q.enqueue("batch", SyncJob("flaky"), job_id="same")
+        q.enqueue("batch", SyncJob("dup"), job_id="same")  # deduplicated while pending
         assert q.depths()["batch"] == 3 and q.depths()["interactive"] == 1
         gate.set()
         deadline = time.monotonic() + 10

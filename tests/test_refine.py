@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from seggpt_backend.service.refine import BrushTarget, Prompt, PromptError, parse_context, refine
+from seggpt_backend.service.contract import Prompt, Target
+from seggpt_backend.service.refine import PromptError, parse_context, refine
 from tests.service_support import captured
 
-TARGETS = [BrushTarget("tag", "image", ("Cat", "Dog"))]
+TARGETS = [Target("tag", "image", "image", ("Cat", "Dog"))]
 
 
 def _kp(x: float, y: float, label: str = "Cat", positive: bool | None = None) -> dict:

@@ -8,7 +8,7 @@ from label_studio_sdk.converter.brush import decode_rle
 
 from seggpt_backend.engine.interface import MaskPrediction
 from seggpt_backend.service.kv import RedisKV
-from seggpt_backend.service.results import ResultStore, prediction_entry, regions_for_label
+from seggpt_backend.service.results import Pending, ResultStore, prediction_entry, regions_for_label
 from tests.service_support import cleanup_redis, new_prefix, redis_url
 
 
@@ -90,14 +90,21 @@ def test_store_and_exactly_once_claims() -> None:
             6: {"error": "task 6: broken"},
         }
         assert store.get_many("1", "other", [5]) == {}
-        assert not store.writeback_requested("1", "v", 5)
-        store.request_writeback("1", "v", 5)
-        assert store.writeback_requested("1", "v", 5)
         assert store.claim("1", "v", 5) and not store.claim("1", "v", 5)
+        assert store.claim("1", "v2", 5)  # a claim is per delivered model version
         store.release("1", "v", 5)
         assert store.claim("1", "v", 5)
-        store.writeback_done("1", "v", 5)
-        assert not store.writeback_requested("1", "v", 5)
+        assert not store.waiter_alive("chan")
+        store.hold_waiter("chan")
+        assert store.waiter_alive("chan") and not store.waiter_alive("")
+        store.release_waiter("chan")
+        assert not store.waiter_alive("chan")
+        store.add_pending(Pending("1", "v", 5, channel="chan", since=2.0))
+        store.add_pending(Pending("1", "v", 6, since=1.0))
+        assert [p.task_id for p in store.pending()] == [6, 5]  # oldest first
+        assert store.pending()[1] == Pending("1", "v", 5, channel="chan", since=2.0)
+        store.settle("1", "v", 6)
+        assert [p.task_id for p in store.pending()] == [5]
         store.notify("chan", [5])
         assert store.wait("chan", 1.0) and not store.wait("chan", 0.05)
     finally:

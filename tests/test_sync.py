@@ -10,11 +10,11 @@ import pytest
 from seggpt_backend.labelstudio import rle
 from seggpt_backend.labelstudio.client import LabelStudioClient
 from seggpt_backend.service import jobs, sync
+from seggpt_backend.service.contract import Target
 from seggpt_backend.service.examples import ExampleStore
 from seggpt_backend.service.kv import RedisKV
 from seggpt_backend.service.materialize import Materializer
-from seggpt_backend.service.pipeline import Target
-from seggpt_backend.service.predict import predict_payload
+from seggpt_backend.service.predict import predict_job
 from seggpt_backend.service.protocol import Task
 from seggpt_backend.settings import Settings
 from tests.fixtures import scene
@@ -92,7 +92,7 @@ def test_job_fills_examples_on_first_use_and_writes_back_once(
     try:
         task = Task(id=tasks[2], data={"image": _image_url(label_studio, tasks[2])})
         version = f"{ctx.engine.model_version}.ex-test"
-        payload = predict_payload(
+        payload = predict_job(
             project=str(project),
             model_version=version,
             targets=TARGETS,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 
+from seggpt_backend.service.contract import Job, SyncJob
 from seggpt_backend.service.kv import MemoryKV
 from seggpt_backend.service.materialize import Materializer
 from seggpt_backend.service.protocol import WebhookEvent
@@ -17,11 +18,11 @@ from tests.service_support import captured
 
 class Recorder:
     def __init__(self) -> None:
-        self.jobs: list[tuple[str, str, dict]] = []
+        self.jobs: list[Job] = []
         self.done = threading.Event()
 
-    def __call__(self, queue: str, kind: str, payload: dict) -> None:
-        self.jobs.append((queue, kind, payload))
+    def __call__(self, job: Job) -> None:
+        self.jobs.append(job)
         self.done.set()
 
 
@@ -85,7 +86,7 @@ def test_start_training_resyncs_examples_in_a_queued_job() -> None:
         out = handle(rt, _event("webhook_start_training"))
         assert out["status"] == "ok" and "re-syncing" in out["detail"]
         assert rec.done.wait(5)
-        assert rec.jobs == [("interactive", "sync", {"project": "1", "force": True})]
+        assert rec.jobs == [SyncJob(project="1", force=True)]
     finally:
         rt.close()
     rt = _runtime(Recorder())

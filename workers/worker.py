@@ -10,10 +10,17 @@ Design:
 - ``SimpleWorker`` runs jobs in the worker process itself: no ``fork()`` after CUDA is
   initialised (a forked child cannot use the parent's CUDA context), and the engine is loaded
   exactly once, before the first job, and reused by every job.
-- Queues are listened to in priority order (``interactive`` before ``batch`` before ``tune``):
-  RQ's ``BLPOP`` over several lists serves the first non-empty one.
+- Queues are listened to in priority order (``interactive`` before ``batch``): RQ's ``BLPOP``
+  over several lists serves the first non-empty one.
 - A heartbeat thread refreshes the worker's (and the job's) heartbeat during long jobs, so
-  monitoring never declares a busy worker dead.
+  monitoring never declares a busy worker dead. A job's heartbeat lives
+  ``SEGGPT_WORKER_HEARTBEAT_S + max(10, 2 x SEGGPT_WORKER_HEARTBEAT_S)`` (45 s by default, not
+  RQ's fixed +60 s): when a worker is SIGKILLed or OOM-killed, RQ's own abandoned-job cleaning
+  (run by every worker's housekeeping and by the server, see ``reclaim_abandoned``) retries its
+  job within about a minute.
+- Housekeeping every :data:`HOUSEKEEPING_S`: abandoned jobs are retried and undelivered results
+  are written back (:meth:`~seggpt_backend.service.delivery.Delivery.sweep`), so a server killed
+  mid-batch loses nothing.
 - While a job computes, the images of the next queued job are downloaded and decoded in the
   background (:class:`~seggpt_backend.service.prefetch.ImagePrefetcher`).
 - Jobs are JSON (``JSONSerializer``); a job that raises is retried (twice) by RQ; one bad task
@@ -44,14 +51,16 @@ from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 from rq.worker_registration import REDIS_WORKER_KEYS
 
 from seggpt_backend.service import jobs
+from seggpt_backend.service.contract import PredictJob
 from seggpt_backend.service.kv import RedisKV
-from seggpt_backend.service.queue import check_queue_names, rq_queue_name
+from seggpt_backend.service.queue import check_queue_names, reclaim_abandoned, rq_queue_name
 from seggpt_backend.service.runtime import configure_logging
 from seggpt_backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 15.0
+HOUSEKEEPING_S = 10.0
 # Back-off between attempts to reach Redis again after it went away: doubles from MIN to MAX.
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 30.0
@@ -85,6 +94,16 @@ class SegGptWorker(SimpleWorker):
         kwargs.setdefault("serializer", JSONSerializer)
         super().__init__(*args, **kwargs)
         self.context = context
+        self._housekept = 0.0
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        """How long a running job's heartbeat lives: one beat interval plus slack.
+
+        RQ adds a fixed 60 s; a shorter TTL lets a dead worker's job be retried sooner. The beat
+        thread renews it every ``heartbeat_s`` (see the module docstring).
+        """
+        left = job.timeout - working_time if job.timeout and job.timeout > 0 else float("inf")
+        return int(min(left, self.heartbeat_s) + max(10.0, 2 * self.heartbeat_s))
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         """Beat, and register again if Redis lost this worker (a restart without persistence).
@@ -97,7 +116,21 @@ class SegGptWorker(SimpleWorker):
             log.warning("worker %s is unknown to Redis (restarted?): registering again", self.name)
             self.connection.delete(self.key)
             self.register_birth()
+            self.context.publish_engine()  # the server's model version depends on it
         super().heartbeat(timeout, pipeline)
+        self.housekeeping()
+
+    def housekeeping(self) -> None:
+        """At most every :data:`HOUSEKEEPING_S`: retry abandoned jobs, write back orphaned results."""
+        now = time.monotonic()
+        if now - self._housekept < HOUSEKEEPING_S:
+            return
+        self._housekept = now
+        try:
+            reclaim_abandoned(self.queues)
+            self.context.delivery.sweep()
+        except Exception:  # the next beat tries again; the worker itself goes on
+            log.exception("worker housekeeping failed")
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         stop = threading.Event()
@@ -130,14 +163,14 @@ class SegGptWorker(SimpleWorker):
                         continue
                     nxt = q.fetch_job(job_id)
                     payload = nxt.args[0] if nxt is not None and nxt.args else None
-                    if isinstance(payload, dict):
-                        self.context.prefetcher.warm(
-                            (url, int(t["id"]))
-                            for t in payload.get("tasks", [])
-                            for url in (t.get("images") or {}).values()
-                        )
+                    if (
+                        isinstance(payload, dict)
+                        and nxt is not None
+                        and nxt.func_name.endswith("predict_job")
+                    ):
+                        self.context.prefetcher.warm(PredictJob.from_json(payload).image_urls())
                         return
-        except Exception as exc:  # prefetch is an optimisation only
+        except Exception as exc:  # prefetch is an optimisation only (a bad payload fails in its job)
             log.debug("prefetch of the next job skipped: %s", exc)
 
 
@@ -183,20 +216,22 @@ def run_worker(
     delay = RECONNECT_MIN_S
     try:
         for attempt in itertools.count():
-            # A new name per attempt: after a short outage the old registration may still be
-            # live in Redis, and RQ refuses two workers of one name.
-            worker = SegGptWorker(
-                rq_queues,
-                connection=connection,
-                context=context,
-                name=f"seggpt-{socket.gethostname()}-{os.getpid()}-{attempt}",
-                # An idle worker beats every worker_ttl - 15 s (RQ's dequeue timeout): keep it
-                # short so a restarted Redis learns of it and a dead one drops out soon.
-                worker_ttl=int(2 * settings.worker_heartbeat_s) + 30,
-            )
-            worker.heartbeat_s = settings.worker_heartbeat_s
             started = time.monotonic()
             try:
+                # A new name per attempt: after a short outage the old registration may still
+                # be live in Redis, and RQ refuses two workers of one name. Built inside the
+                # try: RQ's constructor talks to Redis too.
+                worker = SegGptWorker(
+                    rq_queues,
+                    connection=connection,
+                    context=context,
+                    name=f"seggpt-{socket.gethostname()}-{os.getpid()}-{attempt}",
+                    # An idle worker beats every worker_ttl - 15 s (RQ's dequeue timeout): keep
+                    # it short so a restarted Redis learns of it and a dead one drops out soon.
+                    worker_ttl=int(2 * settings.worker_heartbeat_s) + 30,
+                )
+                worker.heartbeat_s = settings.worker_heartbeat_s
+                context.publish_engine()  # again after an outage: a restarted Redis forgot it
                 worker.work(burst=burst, max_jobs=max_jobs, logging_level=settings.log_level.upper())
                 return
             except redis.exceptions.ConnectionError as exc:

@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from seggpt_backend.service import predict as predict_mod
 from seggpt_backend.service import webhooks
+from seggpt_backend.service.health import HealthMonitor, health_body
 from seggpt_backend.service.protocol import (
     PredictRequest,
     RequestError,
@@ -84,9 +85,13 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         if own:
             state["rt"] = Runtime.create(settings)
         app.state.runtime = state["rt"]
+        # /health answers from this monitor's snapshot (see the health module for why).
+        state["health"] = HealthMonitor(state["rt"])
+        state["health"].start()
         try:
             yield
         finally:
+            state["health"].close()
             if own:
                 state["rt"].close()
 
@@ -177,30 +182,19 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             return JSONResponse({"detail": f"Redis is unavailable: {type(exc).__name__}"}, status_code=503)
 
     @app.get("/health")
-    def health() -> JSONResponse:
-        """Liveness plus honest dependencies: Redis reachability and live workers."""
+    async def health() -> JSONResponse:
+        """Liveness plus honest dependencies: Redis reachability and live workers.
+
+        Async on purpose: it runs on the event loop, not in the threadpool where sync /predict
+        handlers block, and it only reads the monitor's latest snapshot (no Redis call here).
+        """
         r = rt()
-        redis_state = r.redis_status()
-        body: dict[str, Any] = {
-            "status": "UP",
-            "model_class": MODEL_CLASS,
-            "mode": "embedded" if r.queue.embedded else "redis",
-            "redis": redis_state,
-        }
-        if redis_state.startswith("unavailable"):
-            body["status"] = "DOWN"
-            body["workers"] = 0
-            return JSONResponse(body, status_code=503)
-        workers, problem = r.worker_status()
-        body["workers"] = workers
-        body["engine_version"] = r.engine_version()
-        if problem:
-            body["warning"] = problem
-        try:
-            body["queues"] = r.queue.depths()
-        except Exception as exc:
-            body["queues"] = f"unavailable: {type(exc).__name__}"
-        return JSONResponse(body)
+        body, status_code = health_body(
+            state["health"].snapshot(),
+            model_class=MODEL_CLASS,
+            mode="embedded" if r.queue.embedded else "redis",
+        )
+        return JSONResponse(body, status_code=status_code)
 
     @app.post("/setup")
     def setup(body: SetupRequest) -> dict[str, Any]:

@@ -2,15 +2,15 @@
 
 ``predict_job(payload)`` computes a chunk of tasks (or one interactive request) and stores the
 results; ``sync_job(payload)`` fills a project's examples from Label Studio. Both take one JSON
-payload (see :func:`seggpt_backend.service.predict.predict_payload`) and use the process-wide
+payload (:class:`~seggpt_backend.service.contract.PredictJob` / ``SyncJob``) and use the process-wide
 :class:`WorkerContext` that ``workers/worker.py`` installs after loading the engine once (in
 embedded mode, the server's in-process queue installs its own).
 
 Idempotence: results are keyed by (project, requested model version, task id); a retried or
 duplicated job skips tasks whose result exists. Each result carries the version it was actually
-computed with (see :mod:`seggpt_backend.service.runtime`). Delivery to Label Studio happens exactly once per result: the
-HTTP response or, when the server gave up waiting (``wb:`` flag), a write-back through the API,
-arbitrated by the ``posted:`` claim (see :mod:`seggpt_backend.service.results`).
+computed with (see :mod:`seggpt_backend.service.runtime`). Delivery to Label Studio happens
+exactly once per result, in the waiting request's response or by write-back: see
+:mod:`seggpt_backend.service.delivery`.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from typing import Any
 
 from seggpt_backend.engine.interface import Engine
 from seggpt_backend.service import sync
+from seggpt_backend.service.contract import PredictJob, SyncJob
+from seggpt_backend.service.delivery import Delivery
 from seggpt_backend.service.examples import ExampleStore, compose_model_version
 from seggpt_backend.service.kv import KV
 from seggpt_backend.service.materialize import Materializer
 from seggpt_backend.service.metrics import Metrics
-from seggpt_backend.service.pipeline import Options, Target, run_chunk
+from seggpt_backend.service.pipeline import Options, run_chunk
 from seggpt_backend.service.prefetch import ImagePrefetcher
-from seggpt_backend.service.refine import Prompt
 from seggpt_backend.service.results import ResultStore
 from seggpt_backend.settings import Settings
 
@@ -52,6 +53,7 @@ class WorkerContext:
     metrics: Metrics = field(init=False)
     materializer: Materializer = field(init=False)
     prefetcher: ImagePrefetcher = field(init=False)
+    delivery: Delivery = field(init=False)
     _engine: Engine | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
@@ -63,6 +65,7 @@ class WorkerContext:
         self.prefetcher = ImagePrefetcher(
             self.fetch, max_pixels=self.settings.max_image_pixels, keep=max(16, 4 * self.settings.chunk_size)
         )
+        self.delivery = Delivery(self.results, self.client, self.metrics)
 
     def fetch(self, url: str, task_id: int | None) -> bytes:
         """Image bytes through the Label Studio client (host allow-list, auth)."""
@@ -77,10 +80,13 @@ class WorkerContext:
                 started = time.monotonic()
                 self._engine = self.engine_loader()
                 log.info("engine %s ready in %.1f s", self._engine.model_version, time.monotonic() - started)
-                self.kv.hset(
-                    "engine", {"version": self._engine.model_version, "loaded_at": repr(time.time())}
-                )
+                self.publish_engine()
             return self._engine
+
+    def publish_engine(self) -> None:
+        """Tell the server which engine computes (its ``/setup`` version); again after Redis lost it."""
+        if self._engine is not None:
+            self.kv.hset("engine", {"version": self._engine.model_version, "loaded_at": repr(time.time())})
 
     def model_version(self, project: str) -> str:
         """The version this worker predicts ``project`` with now (its engine, current examples)."""
@@ -125,7 +131,10 @@ def make_client(settings: Settings) -> Any:
     from seggpt_backend.labelstudio.client import LabelStudioClient
 
     return LabelStudioClient(
-        settings.label_studio_url, settings.label_studio_api_key, allowed_hosts=settings.allowed_hosts
+        settings.label_studio_url,
+        settings.label_studio_api_key,
+        allowed_hosts=settings.allowed_hosts,
+        download_deadline_s=settings.download_deadline_s,
     )
 
 
@@ -145,13 +154,13 @@ def current() -> WorkerContext:
 
 
 def predict_job(payload: dict[str, Any]) -> dict[str, Any]:
-    """RQ entry point for ``predict`` payloads."""
-    return execute_predict(current(), payload)
+    """RQ entry point for ``predict`` payloads (:class:`PredictJob` as JSON)."""
+    return execute_predict(current(), PredictJob.from_json(payload))
 
 
 def sync_job(payload: dict[str, Any]) -> dict[str, Any]:
-    """RQ entry point for ``sync`` payloads (full example fill of one project)."""
-    return execute_sync(current(), payload)
+    """RQ entry point for ``sync`` payloads (:class:`SyncJob` as JSON)."""
+    return execute_sync(current(), SyncJob.from_json(payload))
 
 
 def ensure_examples(ctx: WorkerContext, project: str, *, force: bool = False) -> None:
@@ -172,57 +181,56 @@ def ensure_examples(ctx: WorkerContext, project: str, *, force: bool = False) ->
             project,
             on_removed=lambda a, r: ctx.materializer.forget(project, a, r),
         )
-    except Exception as exc:  # predictions still run with the examples webhooks delivered
-        log.error(
-            "project %s: cannot fill examples from Label Studio (retry in %d s): %s",
-            project,
-            FILL_RETRY_S,
-            exc,
+    except Exception:  # predictions still run with the examples webhooks delivered
+        log.exception(
+            "project %s: cannot fill examples from Label Studio (retry in %d s)", project, FILL_RETRY_S
         )
         ctx.kv.set(backoff, b"1", ex=FILL_RETRY_S)
 
 
-def execute_sync(ctx: WorkerContext, payload: dict[str, Any]) -> dict[str, Any]:
-    project = str(payload["project"])
-    ensure_examples(ctx, project, force=bool(payload.get("force")))
-    return {"project": project, "examples": ctx.examples.count(project)}
+def execute_sync(ctx: WorkerContext, job: SyncJob) -> dict[str, Any]:
+    ensure_examples(ctx, job.project, force=job.force)
+    return {"project": job.project, "examples": ctx.examples.count(job.project)}
 
 
-def execute_predict(ctx: WorkerContext, payload: dict[str, Any]) -> dict[str, Any]:
-    """Compute one predict payload; stores entries, writes back where asked, wakes the waiter."""
+def execute_predict(ctx: WorkerContext, job: PredictJob) -> dict[str, Any]:
+    """Compute one predict job; stores entries, delivers them (see above), wakes the waiter."""
     started = time.monotonic()
-    queue = str(payload.get("queue", "batch"))
-    enqueued_at = payload.get("enqueued_at")
-    if isinstance(enqueued_at, int | float):
-        ctx.metrics.observe("seggpt_job_wait_seconds", max(0.0, time.time() - enqueued_at), queue=queue)
+    ctx.metrics.observe("seggpt_job_wait_seconds", max(0.0, time.time() - job.enqueued_at), queue=job.queue)
     try:
-        summary = _predict(ctx, payload)
+        summary = _predict(ctx, job)
     except Exception:
-        ctx.metrics.inc("seggpt_jobs_total", queue=queue, status="failed")
+        ctx.metrics.inc("seggpt_jobs_total", queue=job.queue, status="failed")
         raise
-    ctx.metrics.inc("seggpt_jobs_total", queue=queue, status="finished")
-    ctx.metrics.observe("seggpt_job_duration_seconds", time.monotonic() - started, queue=queue)
+    ctx.metrics.inc("seggpt_jobs_total", queue=job.queue, status="finished")
+    ctx.metrics.observe("seggpt_job_duration_seconds", time.monotonic() - started, queue=job.queue)
     return summary
 
 
-def _predict(ctx: WorkerContext, payload: dict[str, Any]) -> dict[str, Any]:
-    project = str(payload["project"])
-    version = str(payload["model_version"])
-    channel = str(payload.get("channel") or "")
-    prompt = Prompt.from_json(payload["prompt"]) if payload.get("prompt") else None
-    targets = [Target.from_json(t) for t in payload["targets"]]
-    tasks = list(payload["tasks"])
-    ids = [int(t["id"]) for t in tasks]
-    if prompt is None:
+def _offer(ctx: WorkerContext, job: PredictJob, task_id: int) -> None:
+    ctx.delivery.offer(
+        project=job.project,
+        model_version=job.model_version,
+        task_id=task_id,
+        channel=job.channel,
+        always=job.writeback == "always",
+    )
+
+
+def _predict(ctx: WorkerContext, job: PredictJob) -> dict[str, Any]:
+    project, version, ids = job.project, job.model_version, job.task_ids
+    tasks = list(job.tasks)
+    if job.prompt is None:
+        # A retried or duplicated job: tasks already computed are only (re)offered for delivery.
         done = ctx.results.get_many(project, version, ids)
         cached = [t for t in ids if t in done and "error" not in done[t]]
         if cached:
             ctx.metrics.inc("seggpt_tasks_total", len(cached), outcome="cached")
             for tid in cached:
-                _deliver(ctx, project, version, tid, done[tid], payload)
-        tasks = [t for t in tasks if int(t["id"]) not in cached]
+                _offer(ctx, job, tid)
+        tasks = [t for t in tasks if t.id not in cached]
         if not tasks:
-            ctx.results.notify(channel, ids)
+            ctx.results.notify(job.channel, ids)
             return {"tasks": len(ids), "computed": 0}
     ensure_examples(ctx, project)
     records = ctx.examples.records(project)
@@ -232,25 +240,25 @@ def _predict(ctx: WorkerContext, payload: dict[str, Any]) -> dict[str, Any]:
     outcome = run_chunk(
         project=project,
         model_version=actual,
-        targets=targets,
+        targets=list(job.targets),
         tasks=tasks,
         records=records,
         materializer=ctx.materializer,
         engine=ctx.engine,
         load=ctx.prefetcher.load,
         options=ctx.options(),
-        prompt=prompt,
+        prompt=job.prompt,
         pool=ctx.prefetcher.pool,
     )
-    ctx.prefetcher.release(u for t in tasks for u in (t.get("images") or {}).values())
+    ctx.prefetcher.release(url for t in tasks for url in t.images.values())
     failed = sum(1 for e in outcome.entries.values() if "error" in e)
     ctx.metrics.inc("seggpt_tasks_total", len(outcome.entries) - failed, outcome="predicted")
     if failed:
         ctx.metrics.inc("seggpt_tasks_total", failed, outcome="failed")
-    if prompt is not None:
+    if job.prompt is not None:
         tid = ids[0]
         entry = outcome.entries.get(tid, {"error": f"task {tid}: nothing computed"})
-        ctx.results.put_interactive(channel, {**entry, "messages": outcome.messages})
+        ctx.results.put_interactive(job.channel, {**entry, "messages": outcome.messages})
     else:
         for tid, entry in outcome.entries.items():
             stored = (
@@ -260,47 +268,6 @@ def _predict(ctx: WorkerContext, payload: dict[str, Any]) -> dict[str, Any]:
             )
             ctx.results.put(project, version, tid, stored)
             if "error" not in entry:
-                _deliver(ctx, project, version, tid, stored, payload)
-    ctx.results.notify(channel, ids)
+                _offer(ctx, job, tid)
+    ctx.results.notify(job.channel, ids)
     return {"tasks": len(ids), "computed": len(outcome.entries), "failed": failed}
-
-
-def _deliver(
-    ctx: WorkerContext,
-    project: str,
-    version: str,
-    task_id: int,
-    entry: dict[str, Any],
-    payload: dict[str, Any],
-) -> None:
-    """Write a finished result back to Label Studio if the server asked (or the job says always)."""
-    wanted = payload.get("writeback") == "always" or ctx.results.writeback_requested(
-        project, version, task_id
-    )
-    if not wanted or not ctx.results.claim(project, version, task_id):
-        return
-    if ctx.client is None:
-        log.error("task %s: cannot write the prediction back: LABEL_STUDIO_URL is not set", task_id)
-        ctx.results.release(project, version, task_id)
-        ctx.metrics.inc("seggpt_writeback_failures_total")
-        return
-    try:
-        ctx.client.create_prediction(
-            task_id,
-            entry["result"],
-            entry.get("score", 0.0),
-            str(entry.get("model_version") or version),
-            project_id=int(project) if project.isdigit() else None,
-        )
-    except Exception as exc:
-        log.error("task %s: writing the prediction back to Label Studio failed: %s", task_id, exc)
-        ctx.results.release(project, version, task_id)
-        ctx.metrics.inc("seggpt_writeback_failures_total")
-        return
-    ctx.results.writeback_done(project, version, task_id)
-    ctx.metrics.inc("seggpt_predictions_served_total", channel="writeback")
-    log.info(
-        "task %s: prediction written back to Label Studio (model version %s)",
-        task_id,
-        entry.get("model_version"),
-    )

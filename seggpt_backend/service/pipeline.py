@@ -10,7 +10,7 @@ engine raises on the batch, the requests are retried one by one so only the culp
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from seggpt_backend.engine.interface import Engine, Example, MaskPrediction, SegmentRequest
+from seggpt_backend.service.contract import JobTask, Prompt, Target
 from seggpt_backend.service.examples import ExampleRecord
 from seggpt_backend.service.materialize import ExampleError, Materialized, Materializer
-from seggpt_backend.service.refine import BrushTarget, Prompt, refine
+from seggpt_backend.service.refine import refine
 from seggpt_backend.service.results import prediction_entry, regions_for_label
 from seggpt_backend.service.selection import Candidate, describe, most_recent, select
 
@@ -28,33 +29,6 @@ log = logging.getLogger(__name__)
 
 LoadedImage = tuple[np.ndarray, tuple[int, int]]  # (pixels (h, w, 3) uint8, original (H, W))
 ImageLoader = Callable[[str, int], "Future[LoadedImage]"]
-
-
-@dataclass(frozen=True)
-class Target:
-    """A BrushLabels control and where its Image's URL lives in the task data (``data_key``)."""
-
-    from_name: str
-    to_name: str
-    data_key: str
-    labels: tuple[str, ...]
-
-    def brush(self) -> BrushTarget:
-        return BrushTarget(self.from_name, self.to_name, self.labels)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "from_name": self.from_name,
-            "to_name": self.to_name,
-            "data_key": self.data_key,
-            "labels": list(self.labels),
-        }
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> Target:
-        return cls(
-            str(d["from_name"]), str(d["to_name"]), str(d["data_key"]), tuple(str(x) for x in d["labels"])
-        )
 
 
 @dataclass
@@ -145,7 +119,7 @@ def run_chunk(
     project: str,
     model_version: str,
     targets: Sequence[Target],
-    tasks: Sequence[Mapping[str, Any]],
+    tasks: Sequence[JobTask],
     records: Sequence[ExampleRecord],
     materializer: Materializer,
     engine: Engine,
@@ -154,7 +128,7 @@ def run_chunk(
     prompt: Prompt | None = None,
     pool: ThreadPoolExecutor | None = None,
 ) -> ChunkOutcome:
-    """Predict ``tasks`` (``{"id": int, "images": {data_key: url}}``); see the module docstring.
+    """Predict ``tasks`` (ids and ``{data_key: url}``); see the module docstring.
 
     With ``prompt`` (interactive), only the prompt's label on its control is predicted and refined.
     """
@@ -165,9 +139,9 @@ def run_chunk(
         targets = [t for t in targets if t.from_name == prompt.from_name]
     futures: dict[tuple[int, str], Future[LoadedImage]] = {}
     for task in tasks:
-        tid = int(task["id"])
+        tid = task.id
         for t in targets:
-            url = (task.get("images") or {}).get(t.data_key)
+            url = task.images.get(t.data_key)
             if isinstance(url, str) and url:
                 futures[(tid, t.data_key)] = load(url, tid)
     # Materialise the example pool while the query images download.
@@ -181,7 +155,7 @@ def run_chunk(
 
     units: list[tuple[int, Target, LoadedImage]] = []
     for task in tasks:
-        tid = int(task["id"])
+        tid = task.id
         problems: list[str] = []
         for t in targets:
             fut = futures.get((tid, t.data_key))
@@ -191,7 +165,7 @@ def run_chunk(
             try:
                 units.append((tid, t, fut.result()))
             except Exception as exc:
-                problems.append(f"task {tid}: image {task['images'].get(t.data_key)!r}: {exc}")
+                problems.append(f"task {tid}: image {task.images.get(t.data_key)!r}: {exc}")
         if problems and not any(u[0] == tid for u in units):
             out.entries[tid] = {"error": "; ".join(problems)}
             log.warning("%s", "; ".join(problems))

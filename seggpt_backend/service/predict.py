@@ -9,6 +9,9 @@ task and keeps the count aligned. ``[]`` is used when:
 - the task did not finish within ``SEGGPT_PREDICT_BUDGET_S`` (Label Studio gives up after
   100 s): the job keeps running and **writes the prediction back through the Label Studio API**
   (``POST /api/predictions``) when it completes, so no task is silently left out;
+- another request or a worker delivered this task's prediction already (every delivery takes
+  the ``posted:`` claim first, see :mod:`seggpt_backend.service.delivery`), so concurrent
+  requests for the same tasks (Retrieve Predictions while annotators open them) store one;
 - the task failed (unreadable image...): the reason is in ``messages`` and the worker log, and
   the next "Retrieve Predictions" tries again;
 - Label Studio already holds this task's prediction for the current model version (nothing is
@@ -20,6 +23,12 @@ it is recomputed then.
 
 Interactive requests (``params.context`` with keypoints/rectangles) go to the ``interactive``
 queue, are never cached or written back, and answer ``results[0].result`` with one region.
+
+While it waits, a batch request holds a lease (``waiter:<channel>``): workers leave it what they
+compute. It claims its answers only when it is about to return, so a server killed while waiting
+has claimed nothing and the workers write everything back. Jobs it enqueued are remembered by
+:class:`~seggpt_backend.service.outstanding.Outstanding` until their results exist, and put on the
+queue again if Redis lost them.
 """
 
 from __future__ import annotations
@@ -30,7 +39,8 @@ import time
 import uuid
 from typing import Any
 
-from seggpt_backend.service.pipeline import Target
+from seggpt_backend.service.contract import JobTask, PredictJob, Prompt, Target, Writeback
+from seggpt_backend.service.delivery import delivered_version
 from seggpt_backend.service.protocol import (
     PredictRequest,
     Task,
@@ -39,7 +49,7 @@ from seggpt_backend.service.protocol import (
     project_key,
     task_images,
 )
-from seggpt_backend.service.refine import Prompt, parse_context
+from seggpt_backend.service.refine import parse_context
 from seggpt_backend.service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -51,7 +61,7 @@ class Unavailable(RuntimeError):
     """Predictions cannot be computed at all right now (e.g. the embedded model failed to load)."""
 
 
-def predict_payload(
+def predict_job(
     *,
     project: str,
     model_version: str,
@@ -60,21 +70,19 @@ def predict_payload(
     channel: str,
     queue: str,
     prompt: Prompt | None = None,
-    writeback: str = "requested",
-) -> dict[str, Any]:
-    """The JSON job payload: ids, URLs and label names only (no pixels, no credentials)."""
-    return {
-        "v": 1,
-        "project": project,
-        "model_version": model_version,
-        "targets": [t.to_json() for t in targets],
-        "tasks": [{"id": t.id, "images": task_images(t, targets)} for t in tasks],
-        "channel": channel,
-        "queue": queue,
-        "prompt": None if prompt is None else prompt.to_json(),
-        "writeback": writeback,
-        "enqueued_at": time.time(),
-    }
+    writeback: Writeback = "requested",
+) -> PredictJob:
+    """The job for ``tasks``: ids, URLs and label names only (no pixels, no credentials)."""
+    return PredictJob(
+        project=project,
+        model_version=model_version,
+        targets=tuple(targets),
+        tasks=tuple(JobTask(t.id, task_images(t, targets)) for t in tasks),
+        channel=channel,
+        queue=queue,
+        prompt=prompt,
+        writeback=writeback,
+    )
 
 
 def _public(entry: dict[str, Any], model_version: str) -> dict[str, Any]:
@@ -98,7 +106,7 @@ class Predictor:
         started = time.monotonic()
         targets = parse_targets(req.label_config)
         project = project_key(req.project, req.tasks)
-        prompt = parse_context(req.params.context, [t.brush() for t in targets])
+        prompt = parse_context(req.params.context, targets)
         workers, problem = self.rt.worker_status()
         if self.rt.queue.embedded and problem and problem != "model loading":
             raise Unavailable(problem)
@@ -117,7 +125,7 @@ class Predictor:
         self, project: str, version: str, targets: list[Target], task: Task, prompt: Prompt, started: float
     ) -> dict[str, Any]:
         channel = uuid.uuid4().hex
-        payload = predict_payload(
+        job = predict_job(
             project=project,
             model_version=version,
             targets=targets,
@@ -126,7 +134,7 @@ class Predictor:
             queue="interactive",
             prompt=prompt,
         )
-        self.rt.queue.enqueue("interactive", "predict", payload)
+        self.rt.queue.enqueue("interactive", job)
         deadline = started + self.s.predict_budget_s
         entry = self.rt.results.get_interactive(channel)
         while entry is None and time.monotonic() < deadline:
@@ -164,8 +172,8 @@ class Predictor:
             if existing_prediction(t, version) is not None:
                 answers[tid] = []  # Label Studio has it already: do not store a duplicate
         pending = [tid for tid in unique if tid not in answers]
-        self._take_finished(project, version, pending, answers, messages, retry_errors=True)
-        pending = [tid for tid in pending if tid not in answers]
+        found = self._finished(project, version, pending, messages, retry_errors=True)
+        pending = [tid for tid in pending if tid not in found]
 
         if pending and self._no_examples_for_sure(project):
             messages.append(
@@ -173,15 +181,20 @@ class Predictor:
                 "(every accepted annotation becomes an example)"
             )
             for tid in pending:
-                answers[tid] = {"result": [], "score": 0.0, "model_version": version}
+                # An empty prediction is a prediction too: one per task and version.
+                claimed = self.rt.results.claim(project, version, tid)
+                answers[tid] = {"result": [], "score": 0.0, "model_version": version} if claimed else []
             pending = []
 
         channel = uuid.uuid4().hex
+        results = self.rt.results
+        if pending:
+            results.hold_waiter(channel)
         queue = "interactive" if len(pending) == 1 else "batch"
         chunk = max(1, self.s.chunk_size)
         for i in range(0, len(pending), chunk):
             part = [unique[tid] for tid in pending[i : i + chunk]]
-            payload = predict_payload(
+            job = predict_job(
                 project=project,
                 model_version=version,
                 targets=targets,
@@ -189,31 +202,46 @@ class Predictor:
                 channel=channel,
                 queue=queue,
             )
-            self.rt.queue.enqueue(queue, "predict", payload, job_id=self._job_id(project, version, part))
+            job_id = self.rt.queue.enqueue(queue, job, job_id=self._job_id(project, version, part))
+            self.rt.track(queue, job, job_id)
 
         deadline = started + self.s.predict_budget_s
         if workers == 0 and problem != "model loading" and pending:
             messages.append(f"{problem}; predictions will be written back when a worker computes them")
             deadline = time.monotonic()  # nobody will answer in time: do not hold Label Studio
         while pending and time.monotonic() < deadline:
-            self.rt.results.wait(channel, min(POLL_S, max(0.01, deadline - time.monotonic())))
-            self._take_finished(project, version, pending, answers, messages)
-            pending = [tid for tid in pending if tid not in answers]
+            results.wait(channel, min(POLL_S, max(0.01, deadline - time.monotonic())))
+            results.hold_waiter(channel)
+            found.update(self._finished(project, version, pending, messages))
+            pending = [tid for tid in pending if tid not in found]
+        if pending or found:
+            # Stop waiting first, then look once more: a result stored before the lease ended is
+            # seen here, one stored after it is written back by its worker (delivery module).
+            results.release_waiter(channel)
+            found.update(self._finished(project, version, pending, messages))
+            pending = [tid for tid in pending if tid not in found]
 
-        if pending:
-            for tid in pending:
-                self.rt.results.request_writeback(project, version, tid)
-            # A job may have finished between the last look and the flag: deliver it here if we win.
-            self._take_finished(project, version, pending, answers, messages)
-            late = [tid for tid in pending if tid not in answers]
-            for tid in late:
+        answered: list[int] = []
+        for tid, entry in found.items():
+            if "error" in entry:
                 answers[tid] = []
-            if late:
-                messages.append(
-                    f"{len(late)} task(s) did not finish within {self.s.predict_budget_s:g} s; their predictions "
-                    f"will be written back to Label Studio when ready (tasks {late[:20]}{'...' if len(late) > 20 else ''})"
-                )
-                log.info("project %s: %d task(s) left for write-back", project, len(late))
+                continue
+            if results.claim(project, delivered_version(entry, version), tid):
+                answers[tid] = _public(entry, version)
+                answered.append(tid)
+            else:
+                answers[tid] = []  # written back, or answered by a concurrent request already
+            results.settle(project, version, tid)
+        self.rt.delivered(project, version, answered)
+        for tid in pending:
+            answers[tid] = []
+        if pending:
+            messages.append(
+                f"{len(pending)} task(s) did not finish within {self.s.predict_budget_s:g} s; their predictions "
+                f"will be written back to Label Studio when ready (tasks {pending[:20]}"
+                f"{'...' if len(pending) > 20 else ''})"
+            )
+            log.info("project %s: %d task(s) left for write-back", project, len(pending))
 
         served = sum(1 for a in answers.values() if isinstance(a, dict))
         if served:
@@ -222,40 +250,34 @@ class Predictor:
         current = self.rt.model_version(project)
         return {"results": [answers[t.id] for t in tasks], "model_version": current, "messages": messages}
 
-    def _take_finished(
+    def _finished(
         self,
         project: str,
         version: str,
         pending: list[int],
-        answers: dict[int, Any],
         messages: list[str],
         *,
         retry_errors: bool = False,
-    ) -> None:
-        """Move finished tasks from ``pending`` into ``answers`` (respecting write-back claims).
+    ) -> dict[int, dict[str, Any]]:
+        """Stored entries of ``pending`` tasks (not yet claimed); failures add their message.
 
         ``retry_errors``: a failure stored by an earlier request is dropped so the task is computed
         again (the image may have been fixed) instead of being answered with the old error.
         """
         if not pending:
-            return
+            return {}
+        out: dict[int, dict[str, Any]] = {}
         for tid, entry in self.rt.results.get_many(project, version, pending).items():
-            if "error" in entry and retry_errors:
-                self.rt.results.forget(project, version, tid)
-                continue
             if "error" in entry:
-                answers[tid] = []
+                if retry_errors:
+                    self.rt.results.forget(project, version, tid)
+                    continue
                 messages.append(entry["error"])
-                continue
             for m in entry.get("messages", []):
                 if m not in messages:
                     messages.append(m)
-            if self.rt.results.writeback_requested(project, version, tid) and not self.rt.results.claim(
-                project, version, tid
-            ):
-                answers[tid] = []  # the job wrote it back already
-                continue
-            answers[tid] = _public(entry, version)
+            out[tid] = entry
+        return out
 
     def _no_examples_for_sure(self, project: str) -> bool:
         """True when the project has no example and none can arrive from a fill."""

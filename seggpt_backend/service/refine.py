@@ -21,64 +21,17 @@ project's examples, then :func:`refine` edits the binary mask in pixel space:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from seggpt_backend.service import components
+from seggpt_backend.service.contract import Prompt, Target
 
 
 class PromptError(ValueError):
     """The interactive context cannot be answered (e.g. its label has no BrushLabels control)."""
-
-
-@dataclass(frozen=True)
-class BrushTarget:
-    """One BrushLabels control: its name, the Image it paints on, and its labels."""
-
-    from_name: str
-    to_name: str
-    labels: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """An interactive request for one label.
-
-    ``points``: ``(x, y, positive)`` with x, y in percent (0..100) of the displayed image width and
-    height. ``boxes``: ``(x, y, width, height)`` in percent, top-left corner first.
-    """
-
-    label: str
-    from_name: str
-    to_name: str
-    points: tuple[tuple[float, float, bool], ...] = ()
-    boxes: tuple[tuple[float, float, float, float], ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "from_name": self.from_name,
-            "to_name": self.to_name,
-            "points": [list(p) for p in self.points],
-            "boxes": [list(b) for b in self.boxes],
-        }
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> Prompt:
-        return cls(
-            label=str(d["label"]),
-            from_name=str(d["from_name"]),
-            to_name=str(d["to_name"]),
-            points=tuple((float(x), float(y), bool(p)) for x, y, p in d.get("points", [])),
-            boxes=tuple((float(x), float(y), float(w), float(h)) for x, y, w, h in d.get("boxes", [])),
-        )
-
-    def __str__(self) -> str:
-        return json.dumps(self.to_json())
 
 
 def _num(value: Any, name: str) -> float:
@@ -87,7 +40,7 @@ def _num(value: Any, name: str) -> float:
     return float(value)
 
 
-def parse_context(context: Mapping[str, Any] | None, targets: Sequence[BrushTarget]) -> Prompt | None:
+def parse_context(context: Mapping[str, Any] | None, targets: Sequence[Target]) -> Prompt | None:
     """Build a :class:`Prompt` from ``params.context``; ``None`` when it holds no keypoint/rectangle.
 
     Raises :class:`PromptError` with a readable message when the context is malformed or its label

@@ -9,13 +9,21 @@ Region format (what Label Studio accepts for BrushLabels)::
 ``W``/``H`` are the displayed (EXIF-corrected) image size, which is the size of the decoded query
 image, so the mask needs no further transform.
 
-Result store keys (under the KV prefix), for a task ``T`` of project ``P`` at model version ``V``:
+Result store keys (under the KV prefix), for a task ``T`` of project ``P``:
 
-- ``res:P:V:T``  JSON ``{"result": [...], "score": s, "model_version": V}`` or ``{"error": msg}``
-- ``wb:P:V:T``   set by the server when it answered the task empty (budget exhausted): the job
-  must write the prediction back through the Label Studio API when it finishes
-- ``posted:P:V:T`` claim (SET NX) so a result is delivered exactly once: either in an HTTP
-  response or written back, never both
+- ``res:P:V:T``  JSON ``{"result": [...], "score": s, "model_version": D}`` or ``{"error": msg}``,
+  under the version ``V`` the request asked for; ``D`` is the version it was computed with
+- ``posted:P:D:T`` the delivery claim (SET NX): whoever sets it delivers the prediction of
+  version ``D`` to Label Studio, in an HTTP response or by write-back, and nobody else does
+- ``waiter:C``  lease of the HTTP request waiting on channel ``C`` (refreshed every poll,
+  expires :data:`WAITER_TTL_S` after the request died or gave up)
+- ``deliveries`` hash ``P|V|T`` -> JSON :class:`Pending`: computed results not yet known to be
+  delivered (left to a live request, or a write-back that failed); swept by the workers
+
+Delivery rule (see :mod:`seggpt_backend.service.delivery`): a worker that stored a result
+records it as pending, then writes it back itself unless a live request waits for it. A request
+releases its lease and then looks once more before answering, so each result is either seen by
+its request or written back by a worker (both may try; the claim lets one win).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +42,54 @@ from seggpt_backend.service.kv import KV
 
 RESULT_TTL_S = 7 * 24 * 3600  # computed results are reused across requests for a week
 ERROR_TTL_S = 600  # failures are remembered briefly so a retry later recomputes
-WRITEBACK_TTL_S = 24 * 3600
+# A claim covers the time a delivered prediction may not yet show in the task data Label Studio
+# sends (a response in flight, a concurrent request); afterwards the task's own ``predictions``
+# tell (see protocol.existing_prediction), and a prediction deleted by a user can come back.
+CLAIM_TTL_S = 15 * 60
+WAITER_TTL_S = 5.0  # a waiting request renews its lease every poll (0.5 s)
+PENDING_KEY = "deliveries"
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A computed result not yet known to be in Label Studio.
+
+    ``model_version``: the version the result is stored under (``res:`` key). ``channel``: the
+    request that may deliver it in its response (empty: nobody; write it back). ``since``,
+    ``retry_at``: Unix seconds (first recorded; earliest next write-back attempt).
+    """
+
+    project: str
+    model_version: str
+    task_id: int
+    channel: str = ""
+    since: float = 0.0
+    attempts: int = 0
+    retry_at: float = 0.0
+
+    @staticmethod
+    def field_of(project: str, model_version: str, task_id: int) -> str:
+        return f"{project}|{model_version}|{task_id}"
+
+    @property
+    def field(self) -> str:
+        return self.field_of(self.project, self.model_version, self.task_id)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Pending:
+        d = json.loads(raw)
+        return cls(
+            project=str(d["project"]),
+            model_version=str(d["model_version"]),
+            task_id=int(d["task_id"]),
+            channel=str(d.get("channel", "")),
+            since=float(d.get("since", 0.0)),
+            attempts=int(d.get("attempts", 0)),
+            retry_at=float(d.get("retry_at", 0.0)),
+        )
 
 
 def _region_id(task_id: int, from_name: str, label: str, index: int) -> str:
@@ -152,26 +208,41 @@ class ResultStore:
         """Drop a stored entry (used for stale failures before a retry)."""
         self.kv.delete(self._key("res", project, model_version, task_id))
 
-    def request_writeback(self, project: str, model_version: str, task_id: int) -> None:
-        """Ask the job computing this task to write its prediction back to Label Studio."""
-        self.kv.set(self._key("wb", project, model_version, task_id), b"1", ex=WRITEBACK_TTL_S)
-
-    def writeback_requested(self, project: str, model_version: str, task_id: int) -> bool:
-        return self.kv.exists(self._key("wb", project, model_version, task_id))
-
-    def writeback_done(self, project: str, model_version: str, task_id: int) -> None:
-        """The prediction reached Label Studio: later requests may answer it directly again."""
-        self.kv.delete(self._key("wb", project, model_version, task_id))
-
-    def claim(self, project: str, model_version: str, task_id: int) -> bool:
-        """Atomically claim the right to deliver this result (True for exactly one caller)."""
+    def claim(self, project: str, delivered_version: str, task_id: int) -> bool:
+        """Atomically claim the right to deliver this task's prediction of ``delivered_version``
+        (True for exactly one caller until :meth:`release`)."""
         return self.kv.set(
-            self._key("posted", project, model_version, task_id), b"1", ex=WRITEBACK_TTL_S, nx=True
+            self._key("posted", project, delivered_version, task_id), b"1", ex=CLAIM_TTL_S, nx=True
         )
 
-    def release(self, project: str, model_version: str, task_id: int) -> None:
+    def release(self, project: str, delivered_version: str, task_id: int) -> None:
         """Give a claim back (delivery failed), so the result can be delivered later."""
-        self.kv.delete(self._key("posted", project, model_version, task_id))
+        self.kv.delete(self._key("posted", project, delivered_version, task_id))
+
+    # ------------------------------------------------------------------ waiting requests
+    def hold_waiter(self, channel: str) -> None:
+        """The request on ``channel`` is alive and will deliver what it finds (renew each poll)."""
+        self.kv.set(f"waiter:{channel}", b"1", ex=WAITER_TTL_S)
+
+    def release_waiter(self, channel: str) -> None:
+        """The request stops waiting: results computed from now on are written back."""
+        self.kv.delete(f"waiter:{channel}")
+
+    def waiter_alive(self, channel: str) -> bool:
+        return bool(channel) and self.kv.exists(f"waiter:{channel}")
+
+    # ------------------------------------------------------------------ pending deliveries
+    def add_pending(self, pending: Pending) -> None:
+        self.kv.hset(PENDING_KEY, {pending.field: pending.to_json()})
+
+    def settle(self, project: str, model_version: str, task_id: int) -> None:
+        """The task's result was delivered (or needs no delivery): stop tracking it."""
+        self.kv.hdel(PENDING_KEY, Pending.field_of(project, model_version, task_id))
+
+    def pending(self) -> list[Pending]:
+        """Every result not yet known to be delivered (oldest first)."""
+        out = [Pending.from_json(v) for v in self.kv.hgetall(PENDING_KEY).values()]
+        return sorted(out, key=lambda p: p.since)
 
     # Interactive answers are per request, never cached under the model version.
     def put_interactive(self, request_id: str, entry: Mapping[str, Any]) -> None:

@@ -26,9 +26,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from seggpt_backend.service.contract import Job, PredictJob
 from seggpt_backend.service.examples import ExampleStore, compose_model_version
 from seggpt_backend.service.kv import KV, MemoryKV, RedisKV
 from seggpt_backend.service.metrics import Metrics
+from seggpt_backend.service.outstanding import Outstanding
 from seggpt_backend.service.queue import InProcessJobQueue, JobQueue, RQJobQueue
 from seggpt_backend.service.results import ResultStore
 from seggpt_backend.settings import Settings
@@ -62,11 +64,16 @@ class Runtime:
     examples: ExampleStore = field(init=False)
     results: ResultStore = field(init=False)
     metrics: Metrics = field(init=False)
+    outstanding: Outstanding | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.examples = ExampleStore(self.kv)
         self.results = ResultStore(self.kv)
         self.metrics = Metrics(self.kv)
+        if not self.queue.embedded:
+            # The in-process queue cannot lose a job without losing this process too.
+            self.outstanding = Outstanding(self.queue, self.results)
+            self.outstanding.start()
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
@@ -75,7 +82,12 @@ class Runtime:
             return cls._embedded(settings)
         kv = RedisKV.from_url(settings.redis_url, settings.key_prefix, socket_timeout=10.0)
         health = RedisKV.from_url(settings.redis_url, settings.key_prefix, socket_timeout=0.5)
-        queue = RQJobQueue(kv.client, settings.key_prefix, job_timeout_s=settings.job_timeout_s)
+        # Live = beat within the worker_ttl workers/worker.py registers (2 x heartbeat + 30 s): an
+        # idle worker beats only every worker_ttl - 15 s, so a tighter bound drops live idle ones.
+        live_s = max(30.0, 2 * settings.worker_heartbeat_s + 30)
+        queue = RQJobQueue(
+            kv.client, settings.key_prefix, job_timeout_s=settings.job_timeout_s, live_s=live_s
+        )
         return cls(settings, kv, queue, health_kv=health)
 
     @classmethod
@@ -89,13 +101,23 @@ class Runtime:
         )
         jobs.install(ctx)
 
-        def run(queue: str, kind: str, payload: dict[str, Any]) -> Any:
+        def run(job: Job) -> Any:
             return (
-                jobs.execute_predict(ctx, payload) if kind == "predict" else jobs.execute_sync(ctx, payload)
+                jobs.execute_predict(ctx, job) if isinstance(job, PredictJob) else jobs.execute_sync(ctx, job)
             )
 
         queue = InProcessJobQueue(run, start=lambda: ctx.engine)
         return cls(settings, kv, queue, worker_context=ctx)
+
+    # ------------------------------------------------------------------ outstanding work
+    def track(self, queue: str, job: PredictJob, job_id: str) -> None:
+        """Remember an enqueued batch job until its results exist (see :mod:`.outstanding`)."""
+        if self.outstanding is not None:
+            self.outstanding.track(queue, job, job_id)
+
+    def delivered(self, project: str, model_version: str, task_ids: list[int]) -> None:
+        if self.outstanding is not None:
+            self.outstanding.delivered(project, model_version, task_ids)
 
     # ------------------------------------------------------------------ versions
     def engine_version(self) -> str:
@@ -135,6 +157,8 @@ class Runtime:
         return n, None if n else "no worker is running: start one with `seggpt-backend worker`"
 
     def close(self) -> None:
+        if self.outstanding is not None:
+            self.outstanding.close()
         self.queue.close()
         if self.worker_context is not None:
             self.worker_context.close()

@@ -20,6 +20,7 @@ import hashlib
 import logging
 from typing import Any
 
+from seggpt_backend.service.contract import SyncJob
 from seggpt_backend.service.examples import record_from_annotation
 from seggpt_backend.service.materialize import Materializer
 from seggpt_backend.service.protocol import ConfigUnsupported, RequestError, WebhookEvent, parse_targets
@@ -38,7 +39,7 @@ def enqueue_fill(rt: Runtime, project: str, *, force: bool) -> str | None:
     if not rt.settings.label_studio_url:
         return None
     job_id = "seggpt-sync-" + hashlib.sha1(f"{rt.settings.key_prefix}|{project}".encode()).hexdigest()[:24]
-    return rt.queue.enqueue("interactive", "sync", {"project": project, "force": force}, job_id=job_id)
+    return rt.queue.enqueue("interactive", SyncJob(project=project, force=force), job_id=job_id)
 
 
 def _id(value: object, what: str, action: str) -> int:

@@ -1,0 +1,224 @@
+"""The contract between the HTTP server and the workers: typed, versioned job payloads.
+
+Both sides import this module and nothing else to build or read a job, so a field can only be
+added or renamed in one place. A payload travels as JSON (RQ's ``JSONSerializer``); it carries
+ids, image URLs, label names and an optional interactive prompt, never pixels, pickles or
+credentials. Every payload has ``"v": CONTRACT_VERSION``; a worker refuses any other version
+with :class:`ContractError` (the job fails visibly instead of being half-understood), so serve
+and workers of different releases cannot silently disagree.
+
+Coordinates in :class:`Prompt` are Label Studio's: percent (0..100) of the displayed image
+width and height, origin top-left.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+CONTRACT_VERSION = 1
+
+Writeback = Literal["requested", "always"]
+"""``requested``: deliver through the HTTP response while one waits for the task, else write
+back through the Label Studio API; ``always``: write back (background pre-labelling)."""
+
+
+class ContractError(ValueError):
+    """A payload that does not follow this contract (wrong version, missing or mistyped field)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A BrushLabels control: its name, the Image it paints on, that Image's task-data key, labels."""
+
+    from_name: str
+    to_name: str
+    data_key: str
+    labels: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "from_name": self.from_name,
+            "to_name": self.to_name,
+            "data_key": self.data_key,
+            "labels": list(self.labels),
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Target:
+        return cls(
+            str(d["from_name"]), str(d["to_name"]), str(d["data_key"]), tuple(str(x) for x in d["labels"])
+        )
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """An interactive request for one label.
+
+    ``points``: ``(x, y, positive)`` with x, y in percent (0..100) of the displayed image width and
+    height. ``boxes``: ``(x, y, width, height)`` in percent, top-left corner first.
+    """
+
+    label: str
+    from_name: str
+    to_name: str
+    points: tuple[tuple[float, float, bool], ...] = ()
+    boxes: tuple[tuple[float, float, float, float], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "from_name": self.from_name,
+            "to_name": self.to_name,
+            "points": [list(p) for p in self.points],
+            "boxes": [list(b) for b in self.boxes],
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Prompt:
+        return cls(
+            label=str(d["label"]),
+            from_name=str(d["from_name"]),
+            to_name=str(d["to_name"]),
+            points=tuple((float(x), float(y), bool(p)) for x, y, p in d.get("points", [])),
+            boxes=tuple((float(x), float(y), float(w), float(h)) for x, y, w, h in d.get("boxes", [])),
+        )
+
+    def __str__(self) -> str:
+        return json.dumps(self.to_json())
+
+
+@dataclass(frozen=True)
+class JobTask:
+    """One task of a job: its Label Studio id and ``{data key: image URL}`` for the targets."""
+
+    id: int
+    images: Mapping[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "images": dict(self.images)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> JobTask:
+        images = d.get("images") or {}
+        return cls(int(d["id"]), {str(k): str(v) for k, v in images.items()})
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """Compute ``tasks`` of ``project`` (one task when ``prompt`` is set: an interactive request).
+
+    ``model_version``: the version the server asked for; results are stored under it so the
+    waiting request finds them. ``channel``: the request waiting for these tasks (a fresh hex id
+    per request). ``queue``: the logical queue it was put on. ``enqueued_at``: Unix seconds.
+    """
+
+    project: str
+    model_version: str
+    targets: tuple[Target, ...]
+    tasks: tuple[JobTask, ...]
+    channel: str
+    queue: str
+    prompt: Prompt | None = None
+    writeback: Writeback = "requested"
+    enqueued_at: float = field(default_factory=time.time)
+
+    kind = "predict"
+
+    @property
+    def task_ids(self) -> list[int]:
+        return [t.id for t in self.tasks]
+
+    def image_urls(self) -> list[tuple[str, int]]:
+        """``(url, task id)`` for every image of the job, in task order."""
+        return [(url, t.id) for t in self.tasks for url in t.images.values()]
+
+    def only(self, task_ids: Sequence[int]) -> PredictJob:
+        """The same job restricted to ``task_ids`` (order kept)."""
+        keep = set(task_ids)
+        return PredictJob(
+            project=self.project,
+            model_version=self.model_version,
+            targets=self.targets,
+            tasks=tuple(t for t in self.tasks if t.id in keep),
+            channel=self.channel,
+            queue=self.queue,
+            prompt=self.prompt,
+            writeback=self.writeback,
+            enqueued_at=self.enqueued_at,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": CONTRACT_VERSION,
+            "project": self.project,
+            "model_version": self.model_version,
+            "targets": [t.to_json() for t in self.targets],
+            "tasks": [t.to_json() for t in self.tasks],
+            "channel": self.channel,
+            "queue": self.queue,
+            "prompt": None if self.prompt is None else self.prompt.to_json(),
+            "writeback": self.writeback,
+            "enqueued_at": self.enqueued_at,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> PredictJob:
+        _check_version(d)
+        try:
+            writeback = d.get("writeback", "requested")
+            if writeback not in ("requested", "always"):
+                raise ContractError(f"unknown writeback {writeback!r}")
+            prompt = d.get("prompt")
+            return cls(
+                project=str(d["project"]),
+                model_version=str(d["model_version"]),
+                targets=tuple(Target.from_json(t) for t in d["targets"]),
+                tasks=tuple(JobTask.from_json(t) for t in d["tasks"]),
+                channel=str(d.get("channel") or ""),
+                queue=str(d.get("queue") or "batch"),
+                prompt=None if not prompt else Prompt.from_json(prompt),
+                writeback=writeback,
+                enqueued_at=float(d.get("enqueued_at") or time.time()),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ContractError):
+                raise
+            raise ContractError(f"malformed predict job: {type(exc).__name__}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class SyncJob:
+    """Fill ``project``'s examples from Label Studio (``force``: even if filled before)."""
+
+    project: str
+    force: bool = False
+
+    kind = "sync"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"v": CONTRACT_VERSION, "project": self.project, "force": self.force}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> SyncJob:
+        _check_version(d)
+        try:
+            return cls(project=str(d["project"]), force=bool(d.get("force", False)))
+        except KeyError as exc:
+            raise ContractError(f"malformed sync job: missing {exc}") from exc
+
+
+Job = PredictJob | SyncJob
+
+
+def _check_version(d: Mapping[str, Any]) -> None:
+    if not isinstance(d, Mapping):
+        raise ContractError(f"a job payload is a JSON object, not {type(d).__name__}")
+    if d.get("v") != CONTRACT_VERSION:
+        raise ContractError(
+            f"job payload version {d.get('v')!r} is not {CONTRACT_VERSION}: serve and workers run "
+            "different releases; upgrade them together"
+        )

@@ -1,0 +1,133 @@
+"""Worker side of the delivery guarantee: every computed prediction reaches Label Studio once.
+
+Whoever holds a result owns its delivery. A worker that stored a task's result:
+
+1. records it as pending (``deliveries`` hash, see :mod:`seggpt_backend.service.results`);
+2. if the request that asked for it still waits (its ``waiter:`` lease is live), leaves it to
+   that request's HTTP response; otherwise writes it back through the Label Studio API
+   (``POST /api/predictions``).
+
+Each delivery, by response or write-back, first takes the ``posted:`` claim of (project, computed
+version, task), so a task gets at most one prediction per model version however many requests,
+retries and workers touched it. :meth:`Delivery.sweep`, run by every worker a few times a minute,
+finishes what a dead server left: a pending result whose request's lease expired is written back,
+and a failed write-back is retried with back-off. So a server killed mid-batch loses nothing:
+what it had not answered yet is written back within :data:`~seggpt_backend.service.results.
+WAITER_TTL_S` plus one sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from seggpt_backend.service.metrics import Metrics
+from seggpt_backend.service.results import Pending, ResultStore
+
+log = logging.getLogger(__name__)
+
+RETRY_MIN_S = 5.0  # first retry of a failed write-back; doubles up to RETRY_MAX_S
+RETRY_MAX_S = 600.0
+GIVE_UP_S = 24 * 3600.0  # a result nobody could deliver for a day is dropped (and logged)
+
+
+def delivered_version(entry: Mapping[str, Any], fallback: str) -> str:
+    """The model version Label Studio will store for ``entry``: the one it was computed with."""
+    return str(entry.get("model_version") or fallback)
+
+
+class Delivery:
+    """Writes results back to Label Studio under the delivery claim; see the module docstring.
+
+    ``client``: a ``LabelStudioClient`` (``create_prediction``), or ``None`` without
+    ``LABEL_STUDIO_URL`` (results then only reach Label Studio in responses).
+    """
+
+    def __init__(self, results: ResultStore, client: Any, metrics: Metrics) -> None:
+        self.results = results
+        self.client = client
+        self.metrics = metrics
+
+    def offer(
+        self, *, project: str, model_version: str, task_id: int, channel: str, always: bool = False
+    ) -> None:
+        """A result was just stored: leave it to the waiting request or write it back now.
+
+        ``model_version``: the version it is stored under. ``always``: write back even if a
+        request waits (background pre-labelling has no response to carry it).
+        """
+        self.results.add_pending(
+            Pending(project, model_version, task_id, channel="" if always else channel, since=time.time())
+        )
+        # Recorded first, checked second: if the request gives up right after this check, its
+        # last look (after releasing the lease) finds the stored result; if it dies, the sweep does.
+        if always or not self.results.waiter_alive(channel):
+            self.write_back(project, model_version, task_id)
+
+    def write_back(self, project: str, model_version: str, task_id: int) -> bool:
+        """Deliver one pending result through the API unless someone else delivered it.
+
+        Returns True when the task needs nothing more (delivered now or before, or no result).
+        """
+        entry = self.results.get_many(project, model_version, [task_id]).get(task_id)
+        if entry is None or "error" in entry:
+            self.results.settle(project, model_version, task_id)  # nothing to deliver
+            return True
+        version = delivered_version(entry, model_version)
+        if not self.results.claim(project, version, task_id):
+            self.results.settle(project, model_version, task_id)  # a response or a worker has it
+            return True
+        if self.client is None:
+            # No API to write to: keep the claim off so a later request can still answer it.
+            self.results.release(project, version, task_id)
+            self.results.settle(project, model_version, task_id)
+            log.error("task %s: cannot write the prediction back: LABEL_STUDIO_URL is not set", task_id)
+            self.metrics.inc("seggpt_writeback_failures_total")
+            return True
+        try:
+            self.client.create_prediction(
+                task_id,
+                entry["result"],
+                entry.get("score", 0.0),
+                version,
+                project_id=int(project) if project.isdigit() else None,
+            )
+        except Exception as exc:
+            self.results.release(project, version, task_id)
+            self.metrics.inc("seggpt_writeback_failures_total")
+            log.warning("task %s: writing the prediction back failed (will retry): %s", task_id, exc)
+            return False
+        self.results.settle(project, model_version, task_id)
+        self.metrics.inc("seggpt_predictions_served_total", channel="writeback")
+        log.info("task %s: prediction written back to Label Studio (model version %s)", task_id, version)
+        return True
+
+    def sweep(self, *, now: float | None = None) -> int:
+        """Write back pending results nobody waits for any more; returns how many were settled."""
+        now = time.time() if now is None else now
+        settled = 0
+        for p in self.results.pending():
+            if p.retry_at > now or self.results.waiter_alive(p.channel):
+                continue
+            if now - p.since > GIVE_UP_S:
+                log.error("task %s: prediction undeliverable for a day, dropped", p.task_id)
+                self.results.settle(p.project, p.model_version, p.task_id)
+                continue
+            if self.write_back(p.project, p.model_version, p.task_id):
+                settled += 1
+                continue
+            delay = min(RETRY_MAX_S, RETRY_MIN_S * 2**p.attempts)
+            self.results.add_pending(
+                Pending(
+                    p.project,
+                    p.model_version,
+                    p.task_id,
+                    channel="",
+                    since=p.since,
+                    attempts=p.attempts + 1,
+                    retry_at=now + delay,
+                )
+            )
+        return settled
