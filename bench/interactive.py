@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> dict:
         _spawn(
             [
                 "-c",
-                f"from seggpt_backend.service.app import run_server; from seggpt_backend.settings import "
+                f"from seggpt_backend.service.server import run_server; from seggpt_backend.settings import "
                 f"Settings; run_server(Settings.from_env(), '127.0.0.1', {port})",
             ],
             env,

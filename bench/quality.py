@@ -14,7 +14,7 @@ Tasks come from :mod:`seggpt_backend.demo.synthetic` with held-out seeds only
 
 Every task carries a pool of :data:`POOL` labelled examples of the same task; "random" selection
 takes the pool's first k (the pool is in random order by construction), "retrieval" the k most
-similar to the query under the service's descriptor (``service.selection.describe``).
+similar to the query under the service's descriptor (``service.jobs.selection.describe``).
 
 Metrics: mIoU = mean over classes (task kind + label) of the IoU accumulated over that class's
 episodes (the few-shot segmentation convention); FB-IoU = mean of the foreground and background
@@ -40,7 +40,7 @@ import torch
 from seggpt_backend.demo.synthetic import Task, TaskKind, heldout_seed, make_task
 from seggpt_backend.engine.engine import SegGptEngine, load_engine
 from seggpt_backend.engine.interface import Example, SegmentRequest
-from seggpt_backend.service.selection import describe
+from seggpt_backend.service.jobs.selection import describe
 
 RESULTS = Path(__file__).with_name("results_quality.md")
 SIZES: tuple[tuple[int, int], ...] = ((128, 128), (192, 192), (144, 192), (192, 144))

@@ -20,4 +20,5 @@ then
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/python -m mypy
 exec .venv/bin/python -m pytest "$@"

@@ -33,7 +33,7 @@ def _segment(args: argparse.Namespace, settings: Settings) -> int:
             image = load_image(image_path, target_size=None, max_pixels=settings.max_image_pixels)
             mask = load_image(mask_path, target_size=None, max_pixels=settings.max_image_pixels)
             if mask.shape[:2] != image.shape[:2]:
-                mask = np.asarray(Image.fromarray(mask).resize(image.shape[1::-1], Image.NEAREST))
+                mask = np.asarray(Image.fromarray(mask).resize(image.shape[1::-1], Image.Resampling.NEAREST))
             images.append(image)
             masks.append(mask)
         engine = load_engine(
@@ -131,7 +131,7 @@ def _export_coco(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from seggpt_backend.service.app import run_server
+    from seggpt_backend.service.server import run_server
 
     run_server(settings, host=args.host or settings.host, port=args.port or settings.port)
     return 0

@@ -7,6 +7,7 @@ Nothing else in the package reads ``os.environ``.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -68,6 +69,7 @@ class Settings:
     example_selection: str = field(default="retrieval", metadata={"env": "SEGGPT_EXAMPLE_SELECTION"})
     example_pool: int = field(default=64, metadata={"env": "SEGGPT_EXAMPLE_POOL"})
     split_components: bool = field(default=False, metadata={"env": "SEGGPT_SPLIT_COMPONENTS"})
+    replace_superseded: bool = field(default=True, metadata={"env": "SEGGPT_REPLACE_SUPERSEDED"})
     max_image_pixels: int = field(default=100_000_000, metadata={"env": "SEGGPT_MAX_IMAGE_PIXELS"})
 
     # Label Studio
@@ -148,3 +150,12 @@ class Settings:
     def env_names() -> dict[str, str]:
         """Environment variable -> field name, for documentation and tests."""
         return {f.metadata["env"]: f.name for f in fields(Settings)}
+
+
+def configure_logging(settings: Settings) -> None:
+    """Process-wide logging at ``LOG_LEVEL``. httpx is kept at WARNING: at INFO it logs every
+    request URL, and presigned storage URLs carry credentials."""
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))

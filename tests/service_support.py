@@ -27,7 +27,8 @@ from tests.fixtures import LS_CAPTURED
 REPO = Path(__file__).resolve().parents[1]
 CAPTURED = LS_CAPTURED
 REDIS_URL = os.environ.get("REDIS_URL_TEST", "redis://127.0.0.1:6379").rstrip("/")
-TEST_DB = 11
+# Tests share one Redis DB and keep apart by key prefix; a parallel session may pick another DB.
+TEST_DB = int(os.environ.get("SEGGPT_TEST_REDIS_DB", "11"))
 LABEL_CONFIG = (
     '<View>\n  <Image name="image" value="$image" zoom="true"/>\n  <BrushLabels name="tag" toName="image">\n'
     '    <Label value="Cat" background="#FF0000"/>\n    <Label value="Dog" background="#0000FF"/>\n'
@@ -84,7 +85,8 @@ class ImageServer:
 
     Stands in for Label Studio's upload storage; ``delay_s`` slows every GET (for budget tests).
     ``POST`` bodies (e.g. ``/api/predictions`` write-backs) are recorded in ``posted`` and echoed
-    with status 201, the way Label Studio answers a created prediction.
+    with status 201, the way Label Studio answers a created prediction; ``DELETE`` paths are
+    recorded in ``deleted`` (answered 204).
     """
 
     def __init__(self) -> None:
@@ -92,6 +94,7 @@ class ImageServer:
         self.hits: dict[str, int] = {}
         self.delay_s = 0.0
         self.posted: list[tuple[str, dict[str, Any]]] = []
+        self.deleted: list[str] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -113,6 +116,11 @@ class ImageServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_DELETE(self) -> None:
+                server.deleted.append(self.path)
+                self.send_response(204)
+                self.end_headers()
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)

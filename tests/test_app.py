@@ -13,7 +13,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from seggpt_backend.service.app import WEBHOOK_SECRET_HEADER, create_app
+from seggpt_backend.service.http.app import WEBHOOK_SECRET_HEADER
+from seggpt_backend.service.server import create_app
 from seggpt_backend.settings import Settings
 from tests.fixtures import scene
 from tests.service_support import ImageServer, annotation_event, captured, png_bytes, predict_body
@@ -249,7 +250,7 @@ def test_redis_down_is_reported_not_hidden(images: ImageServer) -> None:
 
 
 def test_without_workers_predict_answers_at_once_and_leaves_tasks_for_write_back(images: ImageServer) -> None:
-    from seggpt_backend.service.results import ResultStore
+    from seggpt_backend.service.store.results import ResultStore
     from tests.service_support import cleanup_redis, new_prefix, redis_url
 
     prefix = new_prefix()

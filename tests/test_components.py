@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from seggpt_backend.service.components import fill_holes, label, split
+from seggpt_backend.masks import fill_holes, label, split
 
 
 def _flood(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:

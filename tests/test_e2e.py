@@ -58,8 +58,8 @@ import httpx
 import numpy as np
 import pytest
 
+from seggpt_backend import masks as mask_ops
 from seggpt_backend.labelstudio import rle
-from seggpt_backend.service import components
 from seggpt_backend.settings import Settings
 from tests.fixtures import DISPLAY_FROM_STORED, scene, write_jpeg, write_png
 from tests.labelstudio_server import LabelStudio, _die_with_parent, free_port, label_studio  # noqa: F401
@@ -436,7 +436,7 @@ def run_scenario(ls: LabelStudio, backend: Backend, pics: dict[str, Picture]) ->
     if "Cat" in masks:
         mask = masks["Cat"]
         assert mask[row, col], "the clicked pixel is not in the suggestion"
-        assert components.label(mask)[1] == 1, "a positive click keeps one object, not several"
+        assert mask_ops.label(mask)[1] == 1, "a positive click keeps one object, not several"
         if demo:
             assert iou(mask, pic.masks["Cat"]) >= IOU_FLOOR_ONE
     assert len(ls.predictions(ids["q_jpg"])) == 1  # a suggestion is not stored
@@ -550,3 +550,61 @@ def test_predictions_written_back_once_the_worker_is_up_are_not_recomputed(
             )
             check_prediction(preds[0], pics[name], version)
     assert_clean_stop(backend)
+
+
+def test_a_new_model_version_replaces_the_backends_older_prediction(
+    label_studio: LabelStudio,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The model-version policy against the real Label Studio (docs/DELIVERY.md#model-version).
+
+    A correction changes the model version; "Retrieve Predictions" then gives each task the new
+    prediction and removes this backend's older one, so predictions do not pile up. Another
+    model's prediction and the annotations (even one made from a deleted prediction) stay.
+    """
+    ls = label_studio
+    pics = build_pictures(tmp_path)
+    with running_backend("redis", ls, tmp_path) as backend, logs_on_failure(backend, ls):
+        project = ls.create_project(LABEL_CONFIG)
+        names = ["ex_png", "q_png", "q_wide", "q_jpg"]
+        ids = dict(zip(names, ls.import_images(project, [pics[n].path for n in names]), strict=True))
+        ls.annotate(ids["ex_png"], brush_result({"Cat": pics["ex_png"].masks["Cat"]}))
+        ls.connect_ml_backend(project, backend.url, is_interactive=True)
+        first = wait_for(
+            lambda: (v := backend.setup(project)) and not v.endswith(".ex-none") and v, timeout=60
+        )
+        queries = [ids["q_png"], ids["q_wide"], ids["q_jpg"]]
+        ls.retrieve_predictions(project, queries)
+        assert all([p["model_version"] for p in ls.predictions(t)] == [first] for t in queries)
+        other = _ok(
+            ls.api.post(
+                "/api/predictions",
+                json={"task": ids["q_png"], "result": [], "score": 0.5, "model_version": "another-model-v1"},
+            )
+        )
+        # An annotator accepts q_jpg's suggestion with a correction: a new example, a new version.
+        (suggestion,) = ls.predictions(ids["q_jpg"])
+        annotation = ls.annotate(
+            ids["q_jpg"],
+            brush_result({"Cat": pics["q_jpg"].masks["Cat"]}),
+            parent_prediction=suggestion["id"],
+        )
+        second = wait_for(lambda: (v := backend.setup(project)) != first and v, timeout=30)
+
+        rest = [ids["q_png"], ids["q_wide"]]
+        ls.retrieve_predictions(project, rest)
+
+        def versions(task: int) -> list[str]:
+            return sorted(p["model_version"] for p in ls.predictions(task))
+
+        wait_for(lambda: versions(ids["q_wide"]) == [second], timeout=60)  # the old one is gone
+        assert versions(ids["q_png"]) == sorted([second, "another-model-v1"])
+        assert any(p["id"] == other["id"] for p in ls.predictions(ids["q_png"]))
+        assert versions(ids["q_jpg"]) == [first]  # not asked again: untouched
+        kept = _ok(ls.api.get(f"/api/annotations/{annotation}/"))
+        assert kept["id"] == annotation and kept["result"]
+        # Asking again changes nothing.
+        ls.retrieve_predictions(project, rest)
+        time.sleep(2)
+        assert versions(ids["q_wide"]) == [second]
+        assert versions(ids["q_png"]) == sorted([second, "another-model-v1"])

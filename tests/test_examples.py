@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from seggpt_backend.labelstudio import rle
-from seggpt_backend.service.examples import (
+from seggpt_backend.service.store.examples import (
     EMPTY_DIGEST,
     ExampleRecord,
     ExampleStore,
     digest_of,
     record_from_annotation,
 )
-from seggpt_backend.service.kv import MemoryKV, RedisKV
+from seggpt_backend.service.store.kv import MemoryKV, RedisKV
 from tests.service_support import captured, cleanup_redis, new_prefix, redis_url
 
 FIELDS = {"image": "image"}

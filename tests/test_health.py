@@ -23,11 +23,11 @@ import uvicorn
 from rq import SimpleWorker, Worker
 from rq.utils import now, utcformat
 
-from seggpt_backend.service.app import create_app
-from seggpt_backend.service.health import HealthMonitor, health_body
-from seggpt_backend.service.kv import MemoryKV
-from seggpt_backend.service.queue import QUEUES, InProcessJobQueue, RQJobQueue
-from seggpt_backend.service.runtime import Runtime
+from seggpt_backend.service.http.health import HealthMonitor, health_body
+from seggpt_backend.service.http.runtime import Runtime
+from seggpt_backend.service.server import create_app
+from seggpt_backend.service.store.kv import MemoryKV
+from seggpt_backend.service.store.queue import QUEUES, InProcessJobQueue, RQJobQueue
 from seggpt_backend.settings import Settings
 from tests.service_support import cleanup_redis, new_prefix, redis_url, wait_for
 
@@ -180,7 +180,7 @@ def test_monitor_survives_a_failing_refresh(caplog: pytest.LogCaptureFixture) ->
     try:
         monitor.start()
         assert monitor.snapshot().up and monitor.snapshot().redis == "embedded"
-        with caplog.at_level(logging.ERROR, logger="seggpt_backend.service.health"):
+        with caplog.at_level(logging.ERROR, logger="seggpt_backend.service.http.health"):
             boom.set()
             failed = wait_for(lambda: (s := monitor.snapshot()).redis.startswith("unknown") and s, timeout=5)
         assert failed.problem == "health check failed: RuntimeError" and failed.workers == 0

@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 
 from seggpt_backend.engine.engine import load_engine
-from seggpt_backend.service import jobs
 from seggpt_backend.service.contract import JobTask, Prompt, Target
-from seggpt_backend.service.kv import RedisKV
-from seggpt_backend.service.predict import predict_job
-from seggpt_backend.service.protocol import Task
+from seggpt_backend.service.http.predict import predict_job
+from seggpt_backend.service.http.protocol import Task
+from seggpt_backend.service.jobs import entry as jobs
+from seggpt_backend.service.store.kv import RedisKV
 from seggpt_backend.settings import Settings
 from tests.fixtures import scene
 from tests.service_support import (
@@ -51,7 +51,7 @@ def ctx(engine):
     images.add("/data/upload/1/ex.png", png_bytes(image))
     for i in range(3):
         images.add(f"/data/upload/1/q{i}.png", png_bytes(scene(48, 64, seed=10 + i)[0]))
-    from seggpt_backend.service.examples import record_from_annotation
+    from seggpt_backend.service.store.examples import record_from_annotation
 
     ev = annotation_event(
         "ANNOTATION_CREATED",
@@ -160,3 +160,41 @@ def test_interactive_answers_go_to_the_request_not_the_cache(ctx) -> None:
     entry = ctx.results.get_interactive("req-1")
     assert entry is not None and all(r["value"]["brushlabels"] == ["Cat"] for r in entry["result"])
     assert ctx.results.get_many("1", "v1", [50]) == {}
+
+
+def test_a_write_back_replaces_the_backends_superseded_predictions(ctx) -> None:
+    current = ctx.model_version("1")
+    held = [
+        {"id": 501, "model_version": "seggpt-random-tiny-0.ex-0123456789", "result": []},  # ours, older
+        {"id": 502, "model_version": current, "result": []},  # ours, the version delivered now
+        {"id": 503, "model_version": "another-model-v7", "result": []},  # not ours: kept
+    ]
+    task = Task(id=60, data={"image": "/data/upload/1/q0.png"}, predictions=held)
+    job = predict_job(
+        project="1", model_version="v1", targets=TARGETS, tasks=[task], channel="ch", queue="batch"
+    )
+    assert job.tasks[0].supersedes == (
+        (501, "seggpt-random-tiny-0.ex-0123456789"),
+        (502, current),
+    )
+    jobs.execute_predict(ctx, job)  # nobody waits: written back, then the older one of ours goes
+    assert _posted_tasks(ctx) == [60]
+    assert ctx.images.deleted == ["/api/predictions/501/"]
+    assert "seggpt_predictions_replaced_total 1" in ctx.metrics.render()
+
+
+def test_superseded_predictions_are_kept_when_replacing_is_off(ctx, engine) -> None:
+    keep = dataclasses.replace(ctx.settings, replace_superseded=False)
+    other = jobs.WorkerContext(keep, ctx.kv, lambda: engine, client=jobs.make_client(keep))
+    try:
+        old = [{"id": 601, "model_version": "seggpt-random-tiny-0.ex-0123456789", "result": []}]
+        task = Task(id=61, data={"image": "/data/upload/1/q1.png"}, predictions=old)
+        jobs.execute_predict(
+            other,
+            predict_job(
+                project="1", model_version="v1", targets=TARGETS, tasks=[task], channel="ch", queue="batch"
+            ),
+        )
+        assert _posted_tasks(ctx) == [61] and ctx.images.deleted == []
+    finally:
+        other.close()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from seggpt_backend.service.kv import MemoryKV, RedisKV
+from seggpt_backend.service.store.kv import MemoryKV, RedisKV
 from tests.service_support import cleanup_redis, new_prefix, redis_url
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from seggpt_backend.service.examples import record_from_annotation
-from seggpt_backend.service.kv import RedisKV
-from seggpt_backend.service.materialize import ExampleError, Materializer
+from seggpt_backend.service.errors import ExampleError
+from seggpt_backend.service.jobs.materialize import Materializer
+from seggpt_backend.service.store.examples import record_from_annotation
+from seggpt_backend.service.store.kv import RedisKV
 from tests.fixtures import scene
 from tests.service_support import brush_result, cleanup_redis, new_prefix, png_bytes, redis_url
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from seggpt_backend.service.kv import MemoryKV
-from seggpt_backend.service.metrics import Metrics
+from seggpt_backend.service.store.kv import MemoryKV
+from seggpt_backend.service.store.metrics import Metrics
 
 
 def _series(text: str) -> dict[str, float]:

@@ -10,11 +10,11 @@ import pytest
 from seggpt_backend.engine.engine import load_engine
 from seggpt_backend.engine.images import load_image_and_size
 from seggpt_backend.service.contract import JobTask, Target
-from seggpt_backend.service.examples import record_from_annotation
-from seggpt_backend.service.kv import MemoryKV
-from seggpt_backend.service.materialize import Materializer
-from seggpt_backend.service.pipeline import ExamplePicker, Options, run_chunk
-from seggpt_backend.service.refine import Prompt
+from seggpt_backend.service.jobs.materialize import Materializer
+from seggpt_backend.service.jobs.pipeline import ExamplePicker, Options, run_chunk
+from seggpt_backend.service.jobs.refine import Prompt
+from seggpt_backend.service.store.examples import record_from_annotation
+from seggpt_backend.service.store.kv import MemoryKV
 from tests.fixtures import scene
 from tests.service_support import brush_result, png_bytes
 
@@ -153,7 +153,7 @@ def test_picker_dedups_tasks_limits_pool_and_retrieves_look_alikes() -> None:
     assert [c.key for c in picker.candidates(TARGETS[0], "Cat")] == [3, 2]
     small_pool = ExamplePicker("1", [old, newer_same_task, other], mat, Options(pool=1), single_target=True)
     assert [c.key for c in small_pool.candidates(TARGETS[0], "Cat")] == [3]
-    from seggpt_backend.service.selection import describe
+    from seggpt_backend.service.jobs.selection import describe
 
     query = scene(64, 96, seed=2)[0]  # the same picture as annotation 2
     (chosen,) = picker.pick(TARGETS[0], "Cat", describe(query))
@@ -182,7 +182,7 @@ def test_exif_rotated_query_gets_regions_in_displayed_size(engine, tmp_path) -> 
 
 def test_split_components_gives_one_connected_region_each(engine) -> None:
     from seggpt_backend.labelstudio import rle
-    from seggpt_backend.service.components import label
+    from seggpt_backend.masks import label
 
     files = Files()
     records = [_example(files, 1, 100, seed=1)]

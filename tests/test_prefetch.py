@@ -8,7 +8,7 @@ import threading
 import numpy as np
 from PIL import Image
 
-from seggpt_backend.service.prefetch import ImagePrefetcher
+from seggpt_backend.service.jobs.prefetch import ImagePrefetcher
 from tests.fixtures import scene
 
 

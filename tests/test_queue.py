@@ -13,7 +13,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from seggpt_backend.service.contract import JobTask, PredictJob, SyncJob, Target
-from seggpt_backend.service.queue import (
+from seggpt_backend.service.store.queue import (
     QUEUES,
     InProcessJobQueue,
     RQJobQueue,
@@ -61,7 +61,7 @@ def test_rq_jobs_are_plain_json_and_deduplicated(rq_queue: RQJobQueue) -> None:
     assert rq_queue.status(job_id) == "queued" and rq_queue.status("nope") is None
     raw = rq_queue.connection.hget(f"rq:job:{job_id}", "data")
     func, _instance, args, kwargs = json.loads(zlib.decompress(raw))  # zlib-compressed JSON, not pickle
-    assert func == "seggpt_backend.service.jobs.predict_job" and args == [payload] and kwargs == {}
+    assert func == "seggpt_backend.service.jobs.entry.predict_job" and args == [payload] and kwargs == {}
     assert PredictJob.from_json(args[0]) == job
     rq_job = Job.fetch(job_id, connection=rq_queue.connection, serializer=JSONSerializer)
     assert rq_job.timeout == 120 and rq_job.retries_left == 2
@@ -113,3 +113,16 @@ def test_in_process_queue_reports_a_failed_start() -> None:
         assert q.workers() == 0 and "weights not found" in (q.error or "")
     finally:
         q.close()
+
+
+def test_job_functions_resolve_to_the_worker_entry_points() -> None:
+    from rq.utils import import_attribute
+
+    from seggpt_backend.service.jobs import entry
+    from seggpt_backend.service.store.queue import JOB_FUNCTIONS
+
+    assert {kind: import_attribute(path) for kind, path in JOB_FUNCTIONS.items()} == {
+        "predict": entry.predict_job,
+        "sync": entry.sync_job,
+        "prune": entry.prune_job,
+    }

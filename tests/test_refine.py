@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from seggpt_backend.service.contract import Prompt, Target
-from seggpt_backend.service.refine import PromptError, parse_context, refine
+from seggpt_backend.service.errors import PromptError
+from seggpt_backend.service.http.context import parse_context
+from seggpt_backend.service.jobs.refine import refine
 from tests.service_support import captured
 
 TARGETS = [Target("tag", "image", "image", ("Cat", "Dog"))]

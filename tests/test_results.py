@@ -7,8 +7,9 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
 from seggpt_backend.engine.interface import MaskPrediction
-from seggpt_backend.service.kv import RedisKV
-from seggpt_backend.service.results import Pending, ResultStore, prediction_entry, regions_for_label
+from seggpt_backend.service.jobs.regions import prediction_entry, regions_for_label
+from seggpt_backend.service.store.kv import RedisKV
+from seggpt_backend.service.store.results import Pending, ResultStore
 from tests.service_support import cleanup_redis, new_prefix, redis_url
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from seggpt_backend.service.examples import record_from_annotation
-from seggpt_backend.service.kv import MemoryKV
-from seggpt_backend.service.queue import InProcessJobQueue
-from seggpt_backend.service.runtime import Runtime, fallback_engine_version
+from seggpt_backend.service.http.runtime import Runtime, fallback_engine_version
+from seggpt_backend.service.store.examples import record_from_annotation
+from seggpt_backend.service.store.kv import MemoryKV
+from seggpt_backend.service.store.queue import InProcessJobQueue
 from seggpt_backend.settings import Settings
 from tests.service_support import captured
 

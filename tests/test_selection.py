@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from seggpt_backend.service.selection import DESCRIPTOR_DIM, Candidate, describe, select
+from seggpt_backend.service.jobs.selection import DESCRIPTOR_DIM, Candidate, describe, select
 from tests.fixtures import scene
 
 

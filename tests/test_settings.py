@@ -76,7 +76,7 @@ def test_a_bad_setting_is_refused_at_start_up_naming_the_variable(env: dict[str,
 
 
 def test_download_deadline_defaults_to_a_minute_and_reaches_the_client() -> None:
-    from seggpt_backend.service.jobs import make_client
+    from seggpt_backend.service.jobs.entry import make_client
 
     assert Settings().download_deadline_s == 60.0
     s = Settings.from_env(

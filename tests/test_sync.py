@@ -9,13 +9,14 @@ import pytest
 
 from seggpt_backend.labelstudio import rle
 from seggpt_backend.labelstudio.client import LabelStudioClient
-from seggpt_backend.service import jobs, sync
 from seggpt_backend.service.contract import Target
-from seggpt_backend.service.examples import ExampleStore
-from seggpt_backend.service.kv import RedisKV
-from seggpt_backend.service.materialize import Materializer
-from seggpt_backend.service.predict import predict_job
-from seggpt_backend.service.protocol import Task
+from seggpt_backend.service.http.predict import predict_job
+from seggpt_backend.service.http.protocol import Task
+from seggpt_backend.service.jobs import entry as jobs
+from seggpt_backend.service.jobs import sync
+from seggpt_backend.service.jobs.materialize import Materializer
+from seggpt_backend.service.store.examples import ExampleStore
+from seggpt_backend.service.store.kv import RedisKV
 from seggpt_backend.settings import Settings
 from tests.fixtures import scene
 from tests.labelstudio_server import label_studio  # noqa: F401  (session fixture)

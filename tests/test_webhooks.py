@@ -6,12 +6,12 @@ import json
 import threading
 
 from seggpt_backend.service.contract import Job, SyncJob
-from seggpt_backend.service.kv import MemoryKV
-from seggpt_backend.service.materialize import Materializer
-from seggpt_backend.service.protocol import WebhookEvent
-from seggpt_backend.service.queue import InProcessJobQueue
-from seggpt_backend.service.runtime import Runtime
-from seggpt_backend.service.webhooks import handle
+from seggpt_backend.service.http.protocol import WebhookEvent
+from seggpt_backend.service.http.runtime import Runtime
+from seggpt_backend.service.http.webhooks import handle
+from seggpt_backend.service.store.examples import pixels_key
+from seggpt_backend.service.store.kv import MemoryKV
+from seggpt_backend.service.store.queue import InProcessJobQueue
 from seggpt_backend.settings import Settings
 from tests.service_support import captured
 
@@ -42,12 +42,12 @@ def test_created_updated_deleted_cycle() -> None:
         out = handle(rt, _event("webhook_annotation_created"))
         assert out["stored"] is True and rt.examples.count("1") == 1
         rev = rt.examples.revisions("1")["1"]
-        rt.kv.hset(Materializer.key("1", 1, rev), {"image|meta": "{}"})  # pretend pixels were cached
+        rt.kv.hset(pixels_key("1", 1, rev), {"image|meta": "{}"})  # pretend pixels were cached
         out = handle(rt, _event("webhook_annotation_updated"))
         assert out["stored"] is True
         (label,) = {r.label for r in rt.examples.records("1")[0].regions}
         assert label == "Cat"  # the update dropped the Dog region
-        assert not rt.kv.exists(Materializer.key("1", 1, rev))  # stale pixels forgotten
+        assert not rt.kv.exists(pixels_key("1", 1, rev))  # stale pixels forgotten
         deleted = _event("webhook_annotations_deleted", annotations=[{"id": 1}, {"id": 99}])
         assert handle(rt, deleted)["removed"] == 1 and rt.examples.count("1") == 0
     finally:

@@ -15,11 +15,11 @@ from rq import Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from seggpt_backend.service.app import create_app
 from seggpt_backend.service.contract import SyncJob, Target
-from seggpt_backend.service.predict import predict_job
-from seggpt_backend.service.protocol import Task
-from seggpt_backend.service.queue import RQJobQueue
+from seggpt_backend.service.http.predict import predict_job
+from seggpt_backend.service.http.protocol import Task
+from seggpt_backend.service.server import create_app
+from seggpt_backend.service.store.queue import RQJobQueue
 from seggpt_backend.settings import Settings
 from tests.fixtures import scene
 from tests.service_support import (

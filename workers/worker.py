@@ -19,12 +19,12 @@ Design:
   (run by every worker's housekeeping and by the server, see ``reclaim_abandoned``) retries its
   job within about a minute.
 - Housekeeping every :data:`HOUSEKEEPING_S`: abandoned jobs are retried and undelivered results
-  are written back (:meth:`~seggpt_backend.service.delivery.Delivery.sweep`), so a server killed
+  are written back (:meth:`~seggpt_backend.service.jobs.delivery.Delivery.sweep`), so a server killed
   mid-batch loses nothing.
 - While a job computes, the images of the next queued job are downloaded and decoded in the
-  background (:class:`~seggpt_backend.service.prefetch.ImagePrefetcher`).
+  background (:class:`~seggpt_backend.service.jobs.prefetch.ImagePrefetcher`).
 - Jobs are JSON (``JSONSerializer``); a job that raises is retried (twice) by RQ; one bad task
-  never raises (see :mod:`seggpt_backend.service.pipeline`). A job past its timeout is
+  never raises (see :mod:`seggpt_backend.service.jobs.pipeline`). A job past its timeout is
   interrupted (SIGALRM) with :class:`JobTimeout`, which per-task error handling cannot swallow.
 
 Entry point: :func:`run_worker` (wired to ``seggpt-backend worker``); ``python -m workers.worker``
@@ -50,12 +50,11 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 from rq.worker_registration import REDIS_WORKER_KEYS
 
-from seggpt_backend.service import jobs
 from seggpt_backend.service.contract import PredictJob
-from seggpt_backend.service.kv import RedisKV
-from seggpt_backend.service.queue import check_queue_names, reclaim_abandoned, rq_queue_name
-from seggpt_backend.service.runtime import configure_logging
-from seggpt_backend.settings import Settings
+from seggpt_backend.service.jobs import entry as jobs
+from seggpt_backend.service.store.kv import RedisKV
+from seggpt_backend.service.store.queue import check_queue_names, reclaim_abandoned, rq_queue_name
+from seggpt_backend.settings import Settings, configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +165,7 @@ class SegGptWorker(SimpleWorker):
                     if (
                         isinstance(payload, dict)
                         and nxt is not None
-                        and nxt.func_name.endswith("predict_job")
+                        and (nxt.func_name or "").endswith("predict_job")
                     ):
                         self.context.prefetcher.warm(PredictJob.from_json(payload).image_urls())
                         return

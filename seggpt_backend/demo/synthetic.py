@@ -433,7 +433,7 @@ def _target_colours(rng: np.random.Generator, n: int) -> np.ndarray:
     out: list[np.ndarray] = []
     while len(out) < n:
         if not out and rng.random() < 1 / 3:
-            colour = np.full(3, 255.0)
+            colour: np.ndarray = np.full(3, 255.0)
         else:
             colour = rng.uniform(0, 255, 3)
             colour[rng.integers(3)] = rng.uniform(160, 255)

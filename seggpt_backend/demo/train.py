@@ -264,7 +264,9 @@ def train(
     else:
         model.init_weights(std=0.02, generator=torch.Generator().manual_seed(seed))
         with torch.no_grad():  # start by painting black (the background): skips a slow first phase
-            model.decoder_pred[3].bias.copy_(torch.from_numpy(-_MEAN / _STD))
+            head = model.decoder_pred[3]
+            assert isinstance(head, torch.nn.Conv2d) and head.bias is not None
+            head.bias.copy_(torch.from_numpy(-_MEAN / _STD))
     model.to(device).train()
     dev = torch.device(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "token" not in n and "pos" not in n]
@@ -306,7 +308,7 @@ def train(
         images, targets, label = b.images.to(dev), b.targets.to(dev), b.label.to(dev)
         full = torch.cat([targets[:, :, :h], label], dim=2)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            pred = model(images, targets, seg_type=b.seg_type, bool_masked_pos=masked, region="full")  # type: ignore[arg-type]
+            pred = model(images, targets, seg_type=b.seg_type, bool_masked_pos=masked, region="full")
         pred = pred.float()
         ramp = max(0.0, 1.0 - progress / balance_until) if balance_until > 0 else 0.0
         balance = max(balance_floor, balance_start * ramp)

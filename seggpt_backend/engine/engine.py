@@ -347,6 +347,13 @@ def _interleave_unique(lists: list[list[Example]], limit: int) -> list[Example]:
     return list(chosen.values())
 
 
-def load_engine(spec: str, *, device: str = "auto", dtype: str = "auto", **kwargs: object) -> SegGptEngine:
+def load_engine(
+    spec: str,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    download_dir: str | Path | None = None,
+    **kwargs: object,
+) -> SegGptEngine:
     """Shorthand for :meth:`SegGptEngine.from_spec`."""
-    return SegGptEngine.from_spec(spec, device=device, dtype=dtype, **kwargs)
+    return SegGptEngine.from_spec(spec, device=device, dtype=dtype, download_dir=download_dir, **kwargs)

@@ -191,8 +191,9 @@ def _grey_bits(image: Image.Image) -> int | None:
         return None
     if image.format == "PPM":
         return 16  # Pillow rescales any maxval > 255 to the full 16-bit range
-    if image.tile:
-        args = image.tile[0].args
+    tile = getattr(image, "tile", None)  # ImageFile only; typeshed's Image lacks it
+    if tile:
+        args = tile[0].args
         rawmode = args[0] if isinstance(args, tuple) else args
         if isinstance(rawmode, str) and rawmode.startswith("I;16"):
             return 16
@@ -328,8 +329,8 @@ def load_image(
 def _foreground(channels: np.ndarray, white: float, *, exact: bool = False) -> np.ndarray:
     """(H, W) bool from (H, W, C) colour values, following :func:`load_mask`'s rule."""
     if exact or (channels.dtype.kind != "f" and channels.size and channels.max() <= 1):
-        return channels.any(axis=2)
-    return (channels > white / 2).any(axis=2)
+        return np.asarray(channels.any(axis=2))
+    return np.asarray((channels > white / 2).any(axis=2))
 
 
 def load_mask(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -65,7 +65,7 @@ def preprocess_image(image: np.ndarray, size: tuple[int, int]) -> Tensor:
     """Query or prompt image -> normalised ``(3, h, w)`` at ``size = (h, w)`` (bicubic)."""
     _check_image(image)
     if image.shape[:2] != size:
-        image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BICUBIC))
+        image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BICUBIC))
     return normalize(image)
 
 
@@ -84,7 +84,7 @@ def preprocess_target(rgb_mask: np.ndarray, size: tuple[int, int]) -> Tensor:
     """Colour mask prompt ``(H, W, 3) uint8`` -> normalised ``(3, h, w)`` (nearest resize)."""
     _check_image(rgb_mask)
     if rgb_mask.shape[:2] != size:
-        rgb_mask = np.asarray(Image.fromarray(rgb_mask).resize((size[1], size[0]), Image.NEAREST))
+        rgb_mask = np.asarray(Image.fromarray(rgb_mask).resize((size[1], size[0]), Image.Resampling.NEAREST))
     return normalize(rgb_mask)
 
 
@@ -152,11 +152,11 @@ def tile_examples(
     for i, (img, msk) in enumerate(zip(images, rgb_masks, strict=True)):
         r, c = divmod(i, n)
         th, tw = rows[r + 1] - rows[r], cols[c + 1] - cols[c]
-        out_img[rows[r] : rows[r + 1], cols[c] : cols[c + 1]] = Image.fromarray(img).resize(
-            (tw, th), Image.BICUBIC
+        out_img[rows[r] : rows[r + 1], cols[c] : cols[c + 1]] = np.asarray(
+            Image.fromarray(img).resize((tw, th), Image.Resampling.BICUBIC)
         )
-        out_msk[rows[r] : rows[r + 1], cols[c] : cols[c + 1]] = Image.fromarray(msk).resize(
-            (tw, th), Image.NEAREST
+        out_msk[rows[r] : rows[r + 1], cols[c] : cols[c + 1]] = np.asarray(
+            Image.fromarray(msk).resize((tw, th), Image.Resampling.NEAREST)
         )
     return out_img, out_msk
 

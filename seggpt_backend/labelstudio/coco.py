@@ -147,7 +147,7 @@ def _parts(mask: np.ndarray, split_components: bool) -> Iterator[np.ndarray]:
         yield mask
         return
     # 8-connectivity, as in OpenCV's contours: diagonal neighbours belong to one object.
-    from seggpt_backend.service.components import label
+    from seggpt_backend.masks import label
 
     labels, n = label(mask, connectivity=8)
     for i in range(1, n + 1):
@@ -210,7 +210,7 @@ def tasks_to_coco(
         if size is None:
             _note(skipped, task_id, None, "image size unknown: no region carries original_width/height")
             continue
-        image_id = task_id if unique_ints else n
+        image_id = int(task_id) if unique_ints and task_id is not None else n
         images.append(
             {
                 "id": image_id,
@@ -238,7 +238,11 @@ def tasks_to_coco(
             _note(skipped, task_id, region_id, f"label {name!r} is not in the label list")
             continue
         for part in _parts(mask, split_components):
-            ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": category_id[name]}
+            ann: dict[str, Any] = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": category_id[name],
+            }
             ann.update(_encode(part))
             ann["iscrowd"] = 0
             if use == "predictions" and isinstance(score, int | float):

@@ -62,10 +62,10 @@ _NAME_PAIRS: tuple[tuple[str, str], ...] = (
 
 
 def _rename(state: Mapping[str, Tensor], pairs: list[tuple[str, str]]) -> dict[str, Tensor]:
-    rules = []
+    rules: list[tuple[re.Pattern[str], str]] = []
     for src, dst in pairs:
-        pattern = "^" + re.escape(src).replace(r"\{i\}", r"(\d+)") + ("" if src.endswith(".") else "$")
-        rules.append((re.compile(pattern), dst))
+        source = "^" + re.escape(src).replace(r"\{i\}", r"(\d+)") + ("" if src.endswith(".") else "$")
+        rules.append((re.compile(source), dst))
     out: dict[str, Tensor] = {}
     for name, tensor in state.items():
         for pattern, dst in rules:

@@ -211,6 +211,7 @@ class SegGpt(nn.Module):
         if impl not in ("augmented", "bias"):
             raise ValueError(f"unknown attention implementation {impl!r}")
         for block in self.blocks:
+            assert isinstance(block, Block)
             block.attn.impl = impl
 
     def position_embedding(self) -> Tensor:

@@ -19,15 +19,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from seggpt_backend.service.errors import ConfigUnsupported, ContractError
+
 CONTRACT_VERSION = 1
 
 Writeback = Literal["requested", "always"]
 """``requested``: deliver through the HTTP response while one waits for the task, else write
 back through the Label Studio API; ``always``: write back (background pre-labelling)."""
-
-
-class ContractError(ValueError):
-    """A payload that does not follow this contract (wrong version, missing or mistyped field)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +50,30 @@ class Target:
         return cls(
             str(d["from_name"]), str(d["to_name"]), str(d["data_key"]), tuple(str(x) for x in d["labels"])
         )
+
+
+def parse_targets(label_config: str) -> list[Target]:
+    """The BrushLabels controls of a config, each with its Image's task-data key.
+
+    Raises :class:`ConfigUnsupported` with a readable reason when the config cannot be served
+    (not XML, no Image, no BrushLabels control with labels).
+    """
+    from seggpt_backend.labelstudio.label_config import LabelConfigError, parse_label_config
+
+    try:
+        config = parse_label_config(label_config)
+    except LabelConfigError as exc:
+        raise ConfigUnsupported(f"unsupported labelling config: {exc}") from exc
+    targets = [
+        Target(from_name=c.name, to_name=c.to_name, data_key=c.image_key, labels=tuple(c.labels))
+        for c in config.brush_controls
+    ]
+    if not targets:
+        raise ConfigUnsupported(
+            "unsupported labelling config: SegGPT predicts brush masks, so the config needs a "
+            '<BrushLabels name="..." toName="<Image name>"> with at least one <Label>'
+        )
+    return targets
 
 
 @dataclass(frozen=True)
@@ -91,20 +113,33 @@ class Prompt:
         return json.dumps(self.to_json())
 
 
+Superseded = tuple[tuple[int, str], ...]
+"""``(prediction id, model version)`` of this backend's predictions a task held when asked."""
+
+
+def superseded_ids(supersedes: Superseded, *, keep: str) -> list[int]:
+    """Ids of the predictions in ``supersedes`` whose version is not ``keep`` (the delivered one)."""
+    return [pid for pid, version in supersedes if version != keep]
+
+
 @dataclass(frozen=True)
 class JobTask:
-    """One task of a job: its Label Studio id and ``{data key: image URL}`` for the targets."""
+    """One task of a job: its Label Studio id, ``{data key: image URL}`` for the targets, and
+    this backend's predictions of other versions it held (replaced once the new one is delivered,
+    with ``SEGGPT_REPLACE_SUPERSEDED``)."""
 
     id: int
     images: Mapping[str, str]
+    supersedes: Superseded = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "images": dict(self.images)}
+        return {"id": self.id, "images": dict(self.images), "supersedes": [list(p) for p in self.supersedes]}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> JobTask:
         images = d.get("images") or {}
-        return cls(int(d["id"]), {str(k): str(v) for k, v in images.items()})
+        supersedes = tuple((int(i), str(v)) for i, v in d.get("supersedes") or ())
+        return cls(int(d["id"]), {str(k): str(v) for k, v in images.items()}, supersedes)
 
 
 @dataclass(frozen=True)
@@ -211,7 +246,28 @@ class SyncJob:
             raise ContractError(f"malformed sync job: missing {exc}") from exc
 
 
-Job = PredictJob | SyncJob
+@dataclass(frozen=True)
+class PruneJob:
+    """Delete this backend's superseded predictions (ids) of ``project`` from Label Studio."""
+
+    project: str
+    predictions: tuple[int, ...]
+
+    kind = "prune"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"v": CONTRACT_VERSION, "project": self.project, "predictions": list(self.predictions)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> PruneJob:
+        _check_version(d)
+        try:
+            return cls(project=str(d["project"]), predictions=tuple(int(i) for i in d["predictions"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ContractError(f"malformed prune job: {type(exc).__name__}: {exc}") from exc
+
+
+Job = PredictJob | SyncJob | PruneJob
 
 
 def _check_version(d: Mapping[str, Any]) -> None:

@@ -2,7 +2,7 @@
 
 Whoever holds a result owns its delivery. A worker that stored a task's result:
 
-1. records it as pending (``deliveries`` hash, see :mod:`seggpt_backend.service.results`);
+1. records it as pending (``deliveries`` hash, see :mod:`seggpt_backend.service.store.results`);
 2. if the request that asked for it still waits (its ``waiter:`` lease is live), leaves it to
    that request's HTTP response; otherwise writes it back through the Label Studio API
    (``POST /api/predictions``).
@@ -12,7 +12,7 @@ version, task), so a task gets at most one prediction per model version however 
 retries and workers touched it. :meth:`Delivery.sweep`, run by every worker a few times a minute,
 finishes what a dead server left: a pending result whose request's lease expired is written back,
 and a failed write-back is retried with back-off. So a server killed mid-batch loses nothing:
-what it had not answered yet is written back within :data:`~seggpt_backend.service.results.
+what it had not answered yet is written back within :data:`~seggpt_backend.service.store.results.
 WAITER_TTL_S` plus one sweep.
 """
 
@@ -20,22 +20,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-from seggpt_backend.service.metrics import Metrics
-from seggpt_backend.service.results import Pending, ResultStore
+from seggpt_backend.service.contract import Superseded, superseded_ids
+from seggpt_backend.service.store.metrics import Metrics
+from seggpt_backend.service.store.results import Pending, ResultStore, delivered_version
 
 log = logging.getLogger(__name__)
 
 RETRY_MIN_S = 5.0  # first retry of a failed write-back; doubles up to RETRY_MAX_S
 RETRY_MAX_S = 600.0
 GIVE_UP_S = 24 * 3600.0  # a result nobody could deliver for a day is dropped (and logged)
-
-
-def delivered_version(entry: Mapping[str, Any], fallback: str) -> str:
-    """The model version Label Studio will store for ``entry``: the one it was computed with."""
-    return str(entry.get("model_version") or fallback)
 
 
 class Delivery:
@@ -45,32 +42,50 @@ class Delivery:
     ``LABEL_STUDIO_URL`` (results then only reach Label Studio in responses).
     """
 
-    def __init__(self, results: ResultStore, client: Any, metrics: Metrics) -> None:
+    def __init__(
+        self, results: ResultStore, client: Any, metrics: Metrics, *, replace_superseded: bool
+    ) -> None:
         self.results = results
         self.client = client
         self.metrics = metrics
+        self.replace_superseded = replace_superseded
 
     def offer(
-        self, *, project: str, model_version: str, task_id: int, channel: str, always: bool = False
+        self,
+        *,
+        project: str,
+        model_version: str,
+        task_id: int,
+        channel: str,
+        always: bool = False,
+        supersedes: Superseded = (),
     ) -> None:
         """A result was just stored: leave it to the waiting request or write it back now.
 
         ``model_version``: the version it is stored under. ``always``: write back even if a
-        request waits (background pre-labelling has no response to carry it).
+        request waits (background pre-labelling has no response to carry it). ``supersedes``:
+        the task's older predictions from this backend (see :meth:`prune`).
         """
-        self.results.add_pending(
-            Pending(project, model_version, task_id, channel="" if always else channel, since=time.time())
+        pending = Pending(
+            project,
+            model_version,
+            task_id,
+            channel="" if always else channel,
+            since=time.time(),
+            supersedes=supersedes,
         )
+        self.results.add_pending(pending)
         # Recorded first, checked second: if the request gives up right after this check, its
         # last look (after releasing the lease) finds the stored result; if it dies, the sweep does.
         if always or not self.results.waiter_alive(channel):
-            self.write_back(project, model_version, task_id)
+            self.write_back(pending)
 
-    def write_back(self, project: str, model_version: str, task_id: int) -> bool:
+    def write_back(self, pending: Pending) -> bool:
         """Deliver one pending result through the API unless someone else delivered it.
 
         Returns True when the task needs nothing more (delivered now or before, or no result).
         """
+        project, model_version, task_id = pending.project, pending.model_version, pending.task_id
         entry = self.results.get_many(project, model_version, [task_id]).get(task_id)
         if entry is None or "error" in entry:
             self.results.settle(project, model_version, task_id)  # nothing to deliver
@@ -102,7 +117,24 @@ class Delivery:
         self.results.settle(project, model_version, task_id)
         self.metrics.inc("seggpt_predictions_served_total", channel="writeback")
         log.info("task %s: prediction written back to Label Studio (model version %s)", task_id, version)
+        self.prune(project, superseded_ids(pending.supersedes, keep=version))
         return True
+
+    def prune(self, project: str, prediction_ids: Sequence[int]) -> list[int]:
+        """Delete this backend's superseded predictions (if ``SEGGPT_REPLACE_SUPERSEDED``);
+        returns the ids that could not be deleted (already gone counts as deleted)."""
+        if not self.replace_superseded or not prediction_ids or self.client is None:
+            return []
+        failed: list[int] = []
+        for pid in prediction_ids:
+            try:
+                self.client.delete_prediction(pid)
+            except Exception as exc:
+                log.warning("project %s: deleting superseded prediction %s failed: %s", project, pid, exc)
+                failed.append(pid)
+        if len(failed) < len(prediction_ids):
+            self.metrics.inc("seggpt_predictions_replaced_total", len(prediction_ids) - len(failed))
+        return failed
 
     def sweep(self, *, now: float | None = None) -> int:
         """Write back pending results nobody waits for any more; returns how many were settled."""
@@ -115,19 +147,9 @@ class Delivery:
                 log.error("task %s: prediction undeliverable for a day, dropped", p.task_id)
                 self.results.settle(p.project, p.model_version, p.task_id)
                 continue
-            if self.write_back(p.project, p.model_version, p.task_id):
+            if self.write_back(p):
                 settled += 1
                 continue
             delay = min(RETRY_MAX_S, RETRY_MIN_S * 2**p.attempts)
-            self.results.add_pending(
-                Pending(
-                    p.project,
-                    p.model_version,
-                    p.task_id,
-                    channel="",
-                    since=p.since,
-                    attempts=p.attempts + 1,
-                    retry_at=now + delay,
-                )
-            )
+            self.results.add_pending(replace(p, channel="", attempts=p.attempts + 1, retry_at=now + delay))
         return settled

@@ -5,8 +5,8 @@
              of Redis and the workers (503 ``DOWN`` when Redis is unreachable). Never loads.
 ``POST``     ``/setup``: ``{"model_version": ...}`` in milliseconds; starts a background fill
              of the project's examples on first contact. 422 for an unsupported config.
-``POST``     ``/predict``: see :mod:`seggpt_backend.service.predict`.
-``POST``     ``/webhook``: see :mod:`seggpt_backend.service.webhooks`.
+``POST``     ``/predict``: see :mod:`seggpt_backend.service.http.predict`.
+``POST``     ``/webhook``: see :mod:`seggpt_backend.service.http.webhooks`.
 ``GET``      ``/metrics``: Prometheus text format.
 ``GET``      ``/openapi.json``, ``/docs``: the API description.
 ===========  ===========================================================================
@@ -29,19 +29,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from seggpt_backend.service import predict as predict_mod
-from seggpt_backend.service import webhooks
-from seggpt_backend.service.health import HealthMonitor, health_body
-from seggpt_backend.service.protocol import (
-    PredictRequest,
-    RequestError,
-    SetupRequest,
-    WebhookEvent,
-    parse_targets,
-    project_key,
-)
-from seggpt_backend.service.refine import PromptError
-from seggpt_backend.service.runtime import Runtime, configure_logging
+from seggpt_backend.service.contract import parse_targets
+from seggpt_backend.service.errors import PromptError, RequestError, Unavailable
+from seggpt_backend.service.http import predict as predict_mod
+from seggpt_backend.service.http import webhooks
+from seggpt_backend.service.http.health import HealthMonitor, health_body
+from seggpt_backend.service.http.protocol import PredictRequest, SetupRequest, WebhookEvent, project_key
+from seggpt_backend.service.http.runtime import Runtime
 from seggpt_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,8 +68,14 @@ def _basic_auth_ok(header: str | None, user: str, password: str) -> bool:
     return ok_user and ok_pass
 
 
-def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
-    """The FastAPI app; builds its :class:`Runtime` at start-up unless one is given."""
+def build_app(
+    settings: Settings | None = None,
+    *,
+    runtime: Runtime | None = None,
+    make_runtime: Callable[[Settings], Runtime] = Runtime.create,
+) -> FastAPI:
+    """The FastAPI app; builds its :class:`Runtime` with ``make_runtime`` at start-up unless one
+    is given (use :func:`seggpt_backend.service.server.create_app`, which composes both modes)."""
     settings = settings or (runtime.settings if runtime else Settings.from_env())
     state: dict[str, Any] = {"rt": runtime}
 
@@ -83,7 +83,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         own = state["rt"] is None
         if own:
-            state["rt"] = Runtime.create(settings)
+            state["rt"] = make_runtime(settings)
         app.state.runtime = state["rt"]
         # /health answers from this monitor's snapshot (see the health module for why).
         state["health"] = HealthMonitor(state["rt"])
@@ -161,8 +161,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     async def bad_prompt(_: Request, exc: PromptError) -> JSONResponse:
         return JSONResponse({"detail": f"invalid interactive context: {exc}"}, status_code=422)
 
-    @app.exception_handler(predict_mod.Unavailable)
-    async def unavailable(_: Request, exc: predict_mod.Unavailable) -> JSONResponse:
+    @app.exception_handler(Unavailable)
+    async def unavailable(_: Request, exc: Unavailable) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
     try:
@@ -232,12 +232,3 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
-
-
-def run_server(settings: Settings, host: str, port: int) -> None:
-    """Serve the backend with uvicorn (one process; jobs run on RQ workers or in-process)."""
-    import uvicorn
-
-    configure_logging(settings)
-    log.info("serving on %s:%d (%s mode)", host, port, "embedded" if settings.embedded else "redis")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower(), workers=1)

@@ -13,17 +13,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from seggpt_backend.service.pipeline import Target
+from seggpt_backend.service.contract import Superseded, Target
+from seggpt_backend.service.errors import RequestError
+from seggpt_backend.service.store.examples import is_own_version
 
 log = logging.getLogger(__name__)
-
-
-class RequestError(ValueError):
-    """A request that is well-formed JSON but cannot be served; answered 422 with the message."""
-
-
-class ConfigUnsupported(RequestError):
-    """The project's labelling config has nothing this backend can predict; the message says why."""
 
 
 class _Open(BaseModel):
@@ -91,30 +85,6 @@ def project_key(project: str | int | None, tasks: list[Task] | None = None) -> s
     raise RequestError("the request names no project (field 'project')")
 
 
-def parse_targets(label_config: str) -> list[Target]:
-    """The BrushLabels controls of a config, each with its Image's task-data key.
-
-    Raises :class:`ConfigUnsupported` with a readable reason when the config cannot be served
-    (not XML, no Image, no BrushLabels control with labels).
-    """
-    from seggpt_backend.labelstudio.label_config import LabelConfigError, parse_label_config
-
-    try:
-        config = parse_label_config(label_config)
-    except LabelConfigError as exc:
-        raise ConfigUnsupported(f"unsupported labelling config: {exc}") from exc
-    targets = [
-        Target(from_name=c.name, to_name=c.to_name, data_key=c.image_key, labels=tuple(c.labels))
-        for c in config.brush_controls
-    ]
-    if not targets:
-        raise ConfigUnsupported(
-            "unsupported labelling config: SegGPT predicts brush masks, so the config needs a "
-            '<BrushLabels name="..." toName="<Image name>"> with at least one <Label>'
-        )
-    return targets
-
-
 def task_images(task: Task, targets: list[Target]) -> dict[str, str]:
     """``{data key: image URL}`` for the data keys the targets read (missing keys are left out)."""
     out: dict[str, str] = {}
@@ -123,6 +93,23 @@ def task_images(task: Task, targets: list[Target]) -> dict[str, str]:
         if isinstance(value, str) and value:
             out[t.data_key] = value
     return out
+
+
+def own_predictions(task: Task) -> Superseded:
+    """``(id, model version)`` of the predictions this backend made that the task holds."""
+    out: list[tuple[int, str]] = []
+    for p in task.predictions:
+        if not isinstance(p, dict):
+            continue
+        pid, version = p.get("id"), p.get("model_version")
+        if (
+            isinstance(pid, int)
+            and not isinstance(pid, bool)
+            and isinstance(version, str)
+            and is_own_version(version)
+        ):
+            out.append((pid, version))
+    return tuple(out)
 
 
 def existing_prediction(task: Task, model_version: str) -> dict[str, Any] | None:

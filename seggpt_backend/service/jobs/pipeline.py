@@ -19,11 +19,12 @@ import numpy as np
 
 from seggpt_backend.engine.interface import Engine, Example, MaskPrediction, SegmentRequest
 from seggpt_backend.service.contract import JobTask, Prompt, Target
-from seggpt_backend.service.examples import ExampleRecord
-from seggpt_backend.service.materialize import ExampleError, Materialized, Materializer
-from seggpt_backend.service.refine import refine
-from seggpt_backend.service.results import prediction_entry, regions_for_label
-from seggpt_backend.service.selection import Candidate, describe, most_recent, select
+from seggpt_backend.service.errors import ExampleError
+from seggpt_backend.service.jobs.materialize import Materialized, Materializer
+from seggpt_backend.service.jobs.refine import refine
+from seggpt_backend.service.jobs.regions import prediction_entry, regions_for_label
+from seggpt_backend.service.jobs.selection import Candidate, describe, most_recent, select
+from seggpt_backend.service.store.examples import ExampleRecord
 
 log = logging.getLogger(__name__)
 

@@ -20,18 +20,13 @@ import hashlib
 import logging
 from typing import Any
 
-from seggpt_backend.service.contract import SyncJob
-from seggpt_backend.service.examples import record_from_annotation
-from seggpt_backend.service.materialize import Materializer
-from seggpt_backend.service.protocol import ConfigUnsupported, RequestError, WebhookEvent, parse_targets
-from seggpt_backend.service.runtime import Runtime
+from seggpt_backend.service.contract import SyncJob, parse_targets
+from seggpt_backend.service.errors import ConfigUnsupported, RequestError
+from seggpt_backend.service.http.protocol import WebhookEvent
+from seggpt_backend.service.http.runtime import Runtime
+from seggpt_backend.service.store.examples import record_from_annotation
 
 log = logging.getLogger(__name__)
-
-
-def _forget(rt: Runtime, project: str, removed: dict[int, str]) -> None:
-    for annotation_id, rev in removed.items():
-        rt.kv.delete(Materializer.key(project, annotation_id, rev))
 
 
 def enqueue_fill(rt: Runtime, project: str, *, force: bool) -> str | None:
@@ -80,7 +75,7 @@ def handle(rt: Runtime, event: WebhookEvent) -> dict[str, Any]:
             ) from exc
         if record is None:
             removed = rt.examples.delete(project, [annotation_id])
-            _forget(rt, project, removed)
+            rt.examples.forget_pixels(project, removed)
             return {
                 "status": "ok",
                 "action": event.action,
@@ -89,7 +84,7 @@ def handle(rt: Runtime, event: WebhookEvent) -> dict[str, Any]:
             }
         old = rt.examples.upsert(project, record)
         if old is not None and old != record.rev:
-            _forget(rt, project, {record.annotation_id: old})
+            rt.examples.forget_pixels(project, {record.annotation_id: old})
         log.info(
             "project %s: annotation %s stored as an example (%d regions)",
             project,
@@ -110,7 +105,7 @@ def handle(rt: Runtime, event: WebhookEvent) -> dict[str, Any]:
             if isinstance(a, dict) and a.get("id") is not None
         ]
         removed = rt.examples.delete(project, ids)
-        _forget(rt, project, removed)
+        rt.examples.forget_pixels(project, removed)
         return {
             "status": "ok",
             "action": event.action,

@@ -4,10 +4,10 @@ Redis restarted without persistence forgets every queued job; a worker killed mi
 job "started". The server remembers, in its own memory, each batch job it enqueued and the tasks
 of it that have no result yet. Every ``interval_s`` (5 s) one thread:
 
-1. runs RQ's abandoned-job cleaning (:func:`~seggpt_backend.service.queue.reclaim_abandoned`),
+1. runs RQ's abandoned-job cleaning (:func:`~seggpt_backend.service.store.queue.reclaim_abandoned`),
    so a job whose worker stopped beating is retried within a heartbeat TTL, not a job timeout;
 2. drops tasks whose result is stored (delivering those is the workers' job, see
-   :mod:`seggpt_backend.service.delivery`) or that this server answered in a response;
+   :mod:`seggpt_backend.service.jobs.delivery`) or that this server answered in a response;
 3. enqueues again what is left of a job Redis no longer knows (same tasks, same version).
 
 A job that failed for good (out of retries) is dropped with an error in the log: its tasks are
@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass, field
 
 from seggpt_backend.service.contract import PredictJob
-from seggpt_backend.service.queue import JobQueue
-from seggpt_backend.service.results import ResultStore
+from seggpt_backend.service.store.queue import JobQueue
+from seggpt_backend.service.store.results import ResultStore
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from seggpt_backend.service.runtime import Runtime
+from seggpt_backend.service.http.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

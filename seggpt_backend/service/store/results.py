@@ -1,13 +1,4 @@
-"""Label Studio results from engine masks, and the shared store of finished task results.
-
-Region format (what Label Studio accepts for BrushLabels)::
-
-    {"id": ..., "from_name": <BrushLabels name>, "to_name": <Image name>, "type": "brushlabels",
-     "original_width": W, "original_height": H, "image_rotation": 0,
-     "value": {"format": "rle", "rle": [...], "brushlabels": [label]}, "score": s}
-
-``W``/``H`` are the displayed (EXIF-corrected) image size, which is the size of the decoded query
-image, so the mask needs no further transform.
+"""The shared store of finished task results and of their delivery state.
 
 Result store keys (under the KV prefix), for a task ``T`` of project ``P``:
 
@@ -20,7 +11,7 @@ Result store keys (under the KV prefix), for a task ``T`` of project ``P``:
 - ``deliveries`` hash ``P|V|T`` -> JSON :class:`Pending`: computed results not yet known to be
   delivered (left to a live request, or a write-back that failed); swept by the workers
 
-Delivery rule (see :mod:`seggpt_backend.service.delivery`): a worker that stored a result
+Delivery rule (see :mod:`seggpt_backend.service.jobs.delivery`): a worker that stored a result
 records it as pending, then writes it back itself unless a live request waits for it. A request
 releases its lease and then looks once more before answering, so each result is either seen by
 its request or written back by a worker (both may try; the claim lets one win).
@@ -28,17 +19,13 @@ its request or written back by a worker (both may try; the claim lets one win).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
-
-from seggpt_backend.engine.interface import MaskPrediction
-from seggpt_backend.service import components
-from seggpt_backend.service.kv import KV
+from seggpt_backend.service.contract import Superseded
+from seggpt_backend.service.store.kv import KV
 
 RESULT_TTL_S = 7 * 24 * 3600  # computed results are reused across requests for a week
 ERROR_TTL_S = 600  # failures are remembered briefly so a retry later recomputes
@@ -56,7 +43,8 @@ class Pending:
 
     ``model_version``: the version the result is stored under (``res:`` key). ``channel``: the
     request that may deliver it in its response (empty: nobody; write it back). ``since``,
-    ``retry_at``: Unix seconds (first recorded; earliest next write-back attempt).
+    ``retry_at``: Unix seconds (first recorded; earliest next write-back attempt). ``supersedes``:
+    this backend's older predictions of the task, deleted once this one is written back.
     """
 
     project: str
@@ -66,6 +54,7 @@ class Pending:
     since: float = 0.0
     attempts: int = 0
     retry_at: float = 0.0
+    supersedes: Superseded = ()
 
     @staticmethod
     def field_of(project: str, model_version: str, task_id: int) -> str:
@@ -89,97 +78,13 @@ class Pending:
             since=float(d.get("since", 0.0)),
             attempts=int(d.get("attempts", 0)),
             retry_at=float(d.get("retry_at", 0.0)),
+            supersedes=tuple((int(i), str(v)) for i, v in d.get("supersedes") or ()),
         )
 
 
-def _region_id(task_id: int, from_name: str, label: str, index: int) -> str:
-    # Deterministic ids: recomputing a task (retry, second worker) yields identical regions.
-    return hashlib.sha1(f"{task_id}/{from_name}/{label}/{index}".encode()).hexdigest()[:10]
-
-
-def brush_region(
-    mask: np.ndarray,
-    *,
-    task_id: int,
-    label: str,
-    from_name: str,
-    to_name: str,
-    score: float,
-    index: int = 0,
-) -> dict[str, Any]:
-    """One ``brushlabels`` region for an ``(H, W) bool`` mask (``original_width`` = W, height = H)."""
-    from seggpt_backend.labelstudio import rle
-
-    height, width = mask.shape
-    return {
-        "id": _region_id(task_id, from_name, label, index),
-        "from_name": from_name,
-        "to_name": to_name,
-        "type": "brushlabels",
-        "original_width": int(width),
-        "original_height": int(height),
-        "image_rotation": 0,
-        "value": {"format": "rle", "rle": [int(v) for v in rle.encode(mask)], "brushlabels": [label]},
-        "score": round(float(score), 4),
-    }
-
-
-def regions_for_label(
-    prediction: MaskPrediction,
-    *,
-    task_id: int,
-    label: str,
-    from_name: str,
-    to_name: str,
-    split_components: bool,
-    mask: np.ndarray | None = None,
-) -> list[dict[str, Any]]:
-    """Regions for one label: one region, or one per connected component when ``split_components``.
-
-    ``mask`` overrides ``prediction.mask`` (e.g. after interactive refinement). A component's score
-    is the mean soft value inside it; the single region uses ``prediction.score`` unless the mask
-    was overridden, in which case it is recomputed the same way. Empty masks give no region.
-    """
-    final = prediction.mask if mask is None else mask
-    final = np.asarray(final, dtype=bool)
-    if not final.any():
-        return []
-    soft = np.asarray(prediction.soft, dtype=np.float32)
-    if soft.shape != final.shape:
-        soft = final.astype(np.float32)
-
-    def mean_soft(m: np.ndarray) -> float:
-        return float(np.clip(soft[m].mean(), 0.0, 1.0))
-
-    if not split_components:
-        score = prediction.score if mask is None else mean_soft(final)
-        return [
-            brush_region(
-                final, task_id=task_id, label=label, from_name=from_name, to_name=to_name, score=score
-            )
-        ]
-    return [
-        brush_region(
-            part,
-            task_id=task_id,
-            label=label,
-            from_name=from_name,
-            to_name=to_name,
-            score=mean_soft(part),
-            index=i,
-        )
-        for i, part in enumerate(components.split(final))
-    ]
-
-
-def prediction_entry(regions: Sequence[Mapping[str, Any]], model_version: str) -> dict[str, Any]:
-    """One task's prediction: regions plus the prediction-level score (mean region score, 0 if none)."""
-    scores = [float(r.get("score", 0.0)) for r in regions]
-    return {
-        "result": list(regions),
-        "score": round(sum(scores) / len(scores), 4) if scores else 0.0,
-        "model_version": model_version,
-    }
+def delivered_version(entry: Mapping[str, Any], fallback: str) -> str:
+    """The model version Label Studio will store for ``entry``: the one it was computed with."""
+    return str(entry.get("model_version") or fallback)
 
 
 class ResultStore:

@@ -8,7 +8,7 @@ Queues, highest priority first (a worker always empties ``interactive`` before i
 - ``batch``: chunks of "Retrieve Predictions" batches.
 
 Job payloads are the typed jobs of :mod:`seggpt_backend.service.contract`, as JSON (RQ's
-``JSONSerializer``): task ids, image URLs, label names, never pixels or pickles. Job functions are referenced by dotted path (``seggpt_backend.service.jobs.<kind>_job``)
+``JSONSerializer``): task ids, image URLs, label names, never pixels or pickles. Job functions are referenced by dotted path (``seggpt_backend.service.jobs.entry.<kind>_job``)
 so the server never imports the engine. In Redis, queue ``name`` is ``<key_prefix>.<name>`` so
 deployments sharing a database stay apart.
 """
@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 
 QUEUES: tuple[str, ...] = ("interactive", "batch")
 JOB_FUNCTIONS: dict[str, str] = {
-    "predict": "seggpt_backend.service.jobs.predict_job",
-    "sync": "seggpt_backend.service.jobs.sync_job",
+    "predict": "seggpt_backend.service.jobs.entry.predict_job",
+    "sync": "seggpt_backend.service.jobs.entry.sync_job",
+    "prune": "seggpt_backend.service.jobs.entry.prune_job",
 }
 RETRIES = 2  # a job that raises (worker crash, OOM) is retried this often; outcomes are idempotent
 RESULT_TTL_S = 3600
@@ -206,7 +207,7 @@ class InProcessJobQueue:
 
     embedded = True
 
-    def __init__(self, runner: Runner, *, start: Callable[[], None] | None = None) -> None:
+    def __init__(self, runner: Runner, *, start: Callable[[], object] | None = None) -> None:
         self._runner = runner
         self._start = start
         self._q: stdqueue.PriorityQueue[tuple[int, int, str, Job | None, str]] = stdqueue.PriorityQueue()

@@ -1,6 +1,6 @@
 """Pixels for example records: download, decode, shrink, cache.
 
-A record (:class:`~seggpt_backend.service.examples.ExampleRecord`) holds URLs and RLE; the engine
+A record (:class:`~seggpt_backend.service.store.examples.ExampleRecord`) holds URLs and RLE; the engine
 needs an :class:`~seggpt_backend.engine.interface.Example` (image + per-label masks). Building one
 costs a download and an RLE decode, so results are cached twice:
 
@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from seggpt_backend.engine.interface import Example
-from seggpt_backend.service.examples import ExampleRecord
-from seggpt_backend.service.kv import KV
-from seggpt_backend.service.selection import describe
+from seggpt_backend.service.errors import ExampleError
+from seggpt_backend.service.jobs.selection import describe
+from seggpt_backend.service.store.examples import ExampleRecord, pixels_key
+from seggpt_backend.service.store.kv import KV
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +39,12 @@ CACHE_TTL_S = 30 * 24 * 3600
 Fetch = Callable[[str, int | None], bytes]
 
 
-class ExampleError(RuntimeError):
-    """An example could not be built (image unreachable or unreadable, RLE inconsistent)."""
-
-
 @dataclass(frozen=True, eq=False)
 class Materialized:
     """Decoded example for one Image object of one annotation.
 
     ``image``: ``(h, w, 3) uint8``; ``masks``: ``{(from_name, label): (h, w) bool}`` (union of that
-    label's regions); ``descriptor``: :func:`~seggpt_backend.service.selection.describe` of image.
+    label's regions); ``descriptor``: :func:`~seggpt_backend.service.jobs.selection.describe` of image.
     """
 
     annotation_id: int
@@ -117,9 +114,7 @@ class Materializer:
         self._lru_size = lru_size
         self._lock = threading.Lock()
 
-    @staticmethod
-    def key(project: str, annotation_id: int, rev: str) -> str:
-        return f"exm:{project}:{annotation_id}:{rev}"
+    key = staticmethod(pixels_key)
 
     def forget(self, project: str, annotation_id: int, rev: str) -> None:
         """Drop the cached pixels of one annotation revision (after an update or delete)."""
@@ -209,7 +204,8 @@ class Materializer:
 
     def _store(self, project: str, mat: Materialized) -> None:
         order = list(mat.masks)
-        meta = {"masks": [list(k) for k in order], "descriptor": [round(float(v), 5) for v in mat.descriptor]}
+        descriptor = [] if mat.descriptor is None else [round(float(v), 5) for v in mat.descriptor]
+        meta = {"masks": [list(k) for k in order], "descriptor": descriptor}
         mapping: dict[str, bytes | str] = {
             f"{mat.to_name}|meta": json.dumps(meta),
             f"{mat.to_name}|image": _png(mat.image),

@@ -11,8 +11,8 @@ import logging
 import time
 from typing import Any, Protocol
 
-from seggpt_backend.service.examples import ExampleRecord, ExampleStore, record_from_annotation
-from seggpt_backend.service.kv import KV
+from seggpt_backend.service.store.examples import ExampleRecord, ExampleStore, record_from_annotation
+from seggpt_backend.service.store.kv import KV
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class TaskSource(Protocol):
 
 def image_fields_of(label_config: str) -> dict[str, str]:
     """``{Image name: task data key}`` of a label config (``<Image name="image" value="$image"/>``)."""
-    from seggpt_backend.service.protocol import parse_targets
+    from seggpt_backend.service.contract import parse_targets
 
     return {t.to_name: t.data_key for t in parse_targets(label_config)}
 

@@ -1,9 +1,10 @@
-"""The server's wiring: stores, queue and (in embedded mode) the in-process worker, from settings.
+"""The server's handles: stores and queue, from settings.
 
-With ``REDIS_URL``: every store lives in Redis and jobs go to RQ, computed by separate worker
-processes (``workers/worker.py``). Without it (embedded mode): the same stores on an in-process
-:class:`~seggpt_backend.service.kv.MemoryKV` and a daemon thread that loads the engine at start-up
-and runs jobs, so one command serves a single machine.
+With ``REDIS_URL`` (:meth:`Runtime.create`): every store lives in Redis and jobs go to RQ,
+computed by separate worker processes (``workers/worker.py``). Without it (embedded mode), the same
+stores live on an in-process :class:`~seggpt_backend.service.store.kv.MemoryKV` and a daemon
+thread runs the jobs: that runtime is composed by :mod:`seggpt_backend.service.server`, since it
+holds worker-side code the HTTP room does not import.
 
 Model version
 -------------
@@ -26,25 +27,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from seggpt_backend.service.contract import Job, PredictJob
-from seggpt_backend.service.examples import ExampleStore, compose_model_version
-from seggpt_backend.service.kv import KV, MemoryKV, RedisKV
-from seggpt_backend.service.metrics import Metrics
-from seggpt_backend.service.outstanding import Outstanding
-from seggpt_backend.service.queue import InProcessJobQueue, JobQueue, RQJobQueue
-from seggpt_backend.service.results import ResultStore
+from seggpt_backend.service.contract import PredictJob
+from seggpt_backend.service.http.outstanding import Outstanding
+from seggpt_backend.service.store.examples import ExampleStore, compose_model_version
+from seggpt_backend.service.store.kv import KV, RedisKV
+from seggpt_backend.service.store.metrics import Metrics
+from seggpt_backend.service.store.queue import InProcessJobQueue, JobQueue, RQJobQueue
+from seggpt_backend.service.store.results import ResultStore
 from seggpt_backend.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def configure_logging(settings: Settings) -> None:
-    """Process-wide logging at ``LOG_LEVEL``. httpx is kept at WARNING: at INFO it logs every
-    request URL, and presigned storage URLs carry credentials."""
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def fallback_engine_version(spec: str) -> str:
@@ -79,7 +71,9 @@ class Runtime:
     def create(cls, settings: Settings) -> Runtime:
         """Connect (lazily: nothing is loaded or contacted here) according to ``settings``."""
         if settings.embedded:
-            return cls._embedded(settings)
+            raise ValueError(
+                "embedded mode: build the runtime with seggpt_backend.service.server.make_runtime"
+            )
         kv = RedisKV.from_url(settings.redis_url, settings.key_prefix, socket_timeout=10.0)
         health = RedisKV.from_url(settings.redis_url, settings.key_prefix, socket_timeout=0.5)
         # Live = beat within the worker_ttl workers/worker.py registers (2 x heartbeat + 30 s): an
@@ -89,25 +83,6 @@ class Runtime:
             kv.client, settings.key_prefix, job_timeout_s=settings.job_timeout_s, live_s=live_s
         )
         return cls(settings, kv, queue, health_kv=health)
-
-    @classmethod
-    def _embedded(cls, settings: Settings) -> Runtime:
-        from seggpt_backend.service import jobs
-
-        kv = MemoryKV()
-
-        ctx = jobs.WorkerContext(
-            settings, kv, jobs.engine_loader(settings), client=jobs.make_client(settings)
-        )
-        jobs.install(ctx)
-
-        def run(job: Job) -> Any:
-            return (
-                jobs.execute_predict(ctx, job) if isinstance(job, PredictJob) else jobs.execute_sync(ctx, job)
-            )
-
-        queue = InProcessJobQueue(run, start=lambda: ctx.engine)
-        return cls(settings, kv, queue, worker_context=ctx)
 
     # ------------------------------------------------------------------ outstanding work
     def track(self, queue: str, job: PredictJob, job_id: str) -> None:

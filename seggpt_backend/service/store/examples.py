@@ -2,9 +2,9 @@
 
 An *example* is one accepted Label Studio annotation with brush regions: the task's image URL
 and, per region, the label and its Label Studio brush RLE. Records are plain JSON in the
-:class:`~seggpt_backend.service.kv.KV` (Redis in production), so a webhook that lands on the
+:class:`~seggpt_backend.service.store.kv.KV` (Redis in production), so a webhook that lands on the
 server is visible to the very next job on any worker. Pixels (decoded images, masks, descriptors)
-are derived lazily by :mod:`seggpt_backend.service.materialize` and cached separately.
+are derived lazily by :mod:`seggpt_backend.service.jobs.materialize` and cached separately.
 
 Key layout (under the KV prefix), per project ``P``:
 
@@ -18,12 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from seggpt_backend.service.kv import KV
+from seggpt_backend.service.store.kv import KV
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,13 @@ def record_from_annotation(
         rle = value.get("rle")
         to_name = item.get("to_name")
         width, height = item.get("original_width"), item.get("original_height")
-        if value.get("format", "rle") != "rle" or not rle or not labels or to_name not in image_fields:
+        if (
+            value.get("format", "rle") != "rle"
+            or not rle
+            or not labels
+            or not isinstance(to_name, str)
+            or to_name not in image_fields
+        ):
             continue
         if (
             not isinstance(width, int | float)
@@ -194,11 +201,30 @@ def compose_model_version(engine_version: str, digest: str) -> str:
     return f"{engine_version}.ex-{digest}"
 
 
+OWN_VERSION = re.compile(r"^seggpt-[A-Za-z0-9._-]+\.ex-(none|[0-9a-f]{10})$")
+
+
+def is_own_version(model_version: str) -> bool:
+    """True for a model version this backend composes (:func:`compose_model_version`)."""
+    return bool(OWN_VERSION.match(model_version))
+
+
+def pixels_key(project: str, annotation_id: int, rev: str) -> str:
+    """Key of one annotation revision's decoded pixels, cached by workers
+    (:mod:`seggpt_backend.service.jobs.materialize`)."""
+    return f"exm:{project}:{annotation_id}:{rev}"
+
+
 class ExampleStore:
     """Per-project example records on a :class:`KV` (see the module docstring for keys)."""
 
     def __init__(self, kv: KV) -> None:
         self.kv = kv
+
+    def forget_pixels(self, project: str, removed: Mapping[int, str]) -> None:
+        """Drop the cached pixels of removed or replaced revisions (``{annotation id: rev}``)."""
+        if removed:
+            self.kv.delete(*(pixels_key(project, a, rev) for a, rev in removed.items()))
 
     @staticmethod
     def _keys(project: str) -> tuple[str, str, str]:

@@ -8,9 +8,9 @@ embedded mode, the server's in-process queue installs its own).
 
 Idempotence: results are keyed by (project, requested model version, task id); a retried or
 duplicated job skips tasks whose result exists. Each result carries the version it was actually
-computed with (see :mod:`seggpt_backend.service.runtime`). Delivery to Label Studio happens
+computed with (see :mod:`seggpt_backend.service.http.runtime`). Delivery to Label Studio happens
 exactly once per result, in the waiting request's response or by write-back: see
-:mod:`seggpt_backend.service.delivery`.
+:mod:`seggpt_backend.service.jobs.delivery`.
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seggpt_backend.engine.interface import Engine
-from seggpt_backend.service import sync
-from seggpt_backend.service.contract import PredictJob, SyncJob
-from seggpt_backend.service.delivery import Delivery
-from seggpt_backend.service.examples import ExampleStore, compose_model_version
-from seggpt_backend.service.kv import KV
-from seggpt_backend.service.materialize import Materializer
-from seggpt_backend.service.metrics import Metrics
-from seggpt_backend.service.pipeline import Options, run_chunk
-from seggpt_backend.service.prefetch import ImagePrefetcher
-from seggpt_backend.service.results import ResultStore
+from seggpt_backend.service.contract import JobTask, PredictJob, PruneJob, SyncJob
+from seggpt_backend.service.jobs import sync
+from seggpt_backend.service.jobs.delivery import Delivery
+from seggpt_backend.service.jobs.materialize import Materializer
+from seggpt_backend.service.jobs.pipeline import Options, run_chunk
+from seggpt_backend.service.jobs.prefetch import ImagePrefetcher
+from seggpt_backend.service.store.examples import ExampleStore, compose_model_version
+from seggpt_backend.service.store.kv import KV
+from seggpt_backend.service.store.metrics import Metrics
+from seggpt_backend.service.store.results import ResultStore
 from seggpt_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,9 @@ class WorkerContext:
         self.prefetcher = ImagePrefetcher(
             self.fetch, max_pixels=self.settings.max_image_pixels, keep=max(16, 4 * self.settings.chunk_size)
         )
-        self.delivery = Delivery(self.results, self.client, self.metrics)
+        self.delivery = Delivery(
+            self.results, self.client, self.metrics, replace_superseded=self.settings.replace_superseded
+        )
 
     def fetch(self, url: str, task_id: int | None) -> bytes:
         """Image bytes through the Label Studio client (host allow-list, auth)."""
@@ -158,6 +160,19 @@ def predict_job(payload: dict[str, Any]) -> dict[str, Any]:
     return execute_predict(current(), PredictJob.from_json(payload))
 
 
+def prune_job(payload: dict[str, Any]) -> dict[str, Any]:
+    """RQ entry point for ``prune`` payloads (:class:`PruneJob` as JSON)."""
+    return execute_prune(current(), PruneJob.from_json(payload))
+
+
+def execute_prune(ctx: WorkerContext, job: PruneJob) -> dict[str, Any]:
+    """Delete superseded predictions; raises (so RQ retries) if some could not be deleted."""
+    failed = ctx.delivery.prune(job.project, job.predictions)
+    if failed:
+        raise RuntimeError(f"project {job.project}: could not delete superseded predictions {failed}")
+    return {"project": job.project, "deleted": len(job.predictions)}
+
+
 def sync_job(payload: dict[str, Any]) -> dict[str, Any]:
     """RQ entry point for ``sync`` payloads (:class:`SyncJob` as JSON)."""
     return execute_sync(current(), SyncJob.from_json(payload))
@@ -207,13 +222,14 @@ def execute_predict(ctx: WorkerContext, job: PredictJob) -> dict[str, Any]:
     return summary
 
 
-def _offer(ctx: WorkerContext, job: PredictJob, task_id: int) -> None:
+def _offer(ctx: WorkerContext, job: PredictJob, task: JobTask) -> None:
     ctx.delivery.offer(
         project=job.project,
         model_version=job.model_version,
-        task_id=task_id,
+        task_id=task.id,
         channel=job.channel,
         always=job.writeback == "always",
+        supersedes=task.supersedes,
     )
 
 
@@ -226,12 +242,14 @@ def _predict(ctx: WorkerContext, job: PredictJob) -> dict[str, Any]:
         cached = [t for t in ids if t in done and "error" not in done[t]]
         if cached:
             ctx.metrics.inc("seggpt_tasks_total", len(cached), outcome="cached")
-            for tid in cached:
-                _offer(ctx, job, tid)
+            for task in job.tasks:
+                if task.id in cached:
+                    _offer(ctx, job, task)
         tasks = [t for t in tasks if t.id not in cached]
         if not tasks:
             ctx.results.notify(job.channel, ids)
             return {"tasks": len(ids), "computed": 0}
+    by_id = {t.id: t for t in job.tasks}
     ensure_examples(ctx, project)
     records = ctx.examples.records(project)
     # Results are stored under the requested version (the waiting request looks them up by it) but
@@ -268,6 +286,6 @@ def _predict(ctx: WorkerContext, job: PredictJob) -> dict[str, Any]:
             )
             ctx.results.put(project, version, tid, stored)
             if "error" not in entry:
-                _offer(ctx, job, tid)
+                _offer(ctx, job, by_id[tid])
     ctx.results.notify(job.channel, ids)
     return {"tasks": len(ids), "computed": len(outcome.entries), "failed": failed}

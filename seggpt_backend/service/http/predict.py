@@ -10,7 +10,7 @@ task and keeps the count aligned. ``[]`` is used when:
   100 s): the job keeps running and **writes the prediction back through the Label Studio API**
   (``POST /api/predictions``) when it completes, so no task is silently left out;
 - another request or a worker delivered this task's prediction already (every delivery takes
-  the ``posted:`` claim first, see :mod:`seggpt_backend.service.delivery`), so concurrent
+  the ``posted:`` claim first, see :mod:`seggpt_backend.service.jobs.delivery`), so concurrent
   requests for the same tasks (Retrieve Predictions while annotators open them) store one;
 - the task failed (unreadable image...): the reason is in ``messages`` and the worker log, and
   the next "Retrieve Predictions" tries again;
@@ -27,7 +27,7 @@ queue, are never cached or written back, and answer ``results[0].result`` with o
 While it waits, a batch request holds a lease (``waiter:<channel>``): workers leave it what they
 compute. It claims its answers only when it is about to return, so a server killed while waiting
 has claimed nothing and the workers write everything back. Jobs it enqueued are remembered by
-:class:`~seggpt_backend.service.outstanding.Outstanding` until their results exist, and put on the
+:class:`~seggpt_backend.service.http.outstanding.Outstanding` until their results exist, and put on the
 queue again if Redis lost them.
 """
 
@@ -39,26 +39,32 @@ import time
 import uuid
 from typing import Any
 
-from seggpt_backend.service.contract import JobTask, PredictJob, Prompt, Target, Writeback
-from seggpt_backend.service.delivery import delivered_version
-from seggpt_backend.service.protocol import (
+from seggpt_backend.service.contract import (
+    JobTask,
+    PredictJob,
+    Prompt,
+    PruneJob,
+    Target,
+    Writeback,
+    parse_targets,
+    superseded_ids,
+)
+from seggpt_backend.service.errors import Unavailable
+from seggpt_backend.service.http.context import parse_context
+from seggpt_backend.service.http.protocol import (
     PredictRequest,
     Task,
     existing_prediction,
-    parse_targets,
+    own_predictions,
     project_key,
     task_images,
 )
-from seggpt_backend.service.refine import parse_context
-from seggpt_backend.service.runtime import Runtime
+from seggpt_backend.service.http.runtime import Runtime
+from seggpt_backend.service.store.results import delivered_version
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5
-
-
-class Unavailable(RuntimeError):
-    """Predictions cannot be computed at all right now (e.g. the embedded model failed to load)."""
 
 
 def predict_job(
@@ -77,7 +83,7 @@ def predict_job(
         project=project,
         model_version=model_version,
         targets=tuple(targets),
-        tasks=tuple(JobTask(t.id, task_images(t, targets)) for t in tasks),
+        tasks=tuple(JobTask(t.id, task_images(t, targets), own_predictions(t)) for t in tasks),
         channel=channel,
         queue=queue,
         prompt=prompt,
@@ -233,6 +239,7 @@ class Predictor:
                 answers[tid] = []  # written back, or answered by a concurrent request already
             results.settle(project, version, tid)
         self.rt.delivered(project, version, answered)
+        self._replace_superseded(project, [(unique[tid], answers[tid]["model_version"]) for tid in answered])
         for tid in pending:
             answers[tid] = []
         if pending:
@@ -278,6 +285,21 @@ class Predictor:
                     messages.append(m)
             out[tid] = entry
         return out
+
+    def _replace_superseded(self, project: str, delivered: list[tuple[Task, str]]) -> None:
+        """Queue the deletion of this backend's older predictions of tasks answered just now.
+
+        A job, not a call here: the response must not wait for Label Studio's API. Tasks written
+        back later are pruned by their worker (:meth:`~seggpt_backend.service.jobs.delivery.
+        Delivery.write_back`).
+        """
+        if not self.s.replace_superseded:
+            return
+        ids = [
+            pid for task, version in delivered for pid in superseded_ids(own_predictions(task), keep=version)
+        ]
+        if ids:
+            self.rt.queue.enqueue("batch", PruneJob(project=project, predictions=tuple(ids)))
 
     def _no_examples_for_sure(self, project: str) -> bool:
         """True when the project has no example and none can arrive from a fill."""

@@ -12,7 +12,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Mapping
 
-from seggpt_backend.service.kv import KV
+from seggpt_backend.service.store.kv import KV
 
 log = logging.getLogger(__name__)
 
