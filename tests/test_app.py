@@ -13,7 +13,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from seggpt_backend.service.http.app import WEBHOOK_SECRET_HEADER
+from seggpt_backend.service.http.guards import WEBHOOK_SECRET_HEADER
 from seggpt_backend.service.server import create_app
 from seggpt_backend.settings import Settings
 from tests.fixtures import scene

@@ -450,11 +450,14 @@ def run_scenario(ls: LabelStudio, backend: Backend, pics: dict[str, Picture]) ->
     dog_ious = []
     dog_seen = 0
     for name in queries:
-        preds = ls.predictions(ids[name])
-        assert sorted(p["model_version"] for p in preds) == sorted([version, new_version]), (name, preds)
-        old = next(p for p in preds if p["model_version"] == version)
-        assert old["id"] == first[name]["id"]  # the first prediction is kept as it was
-        new = next(p for p in preds if p["model_version"] == new_version)
+        # The default version policy replaces the backend's own superseded prediction.
+        (new,) = wait_for(
+            lambda n=name: (
+                (p := ls.predictions(ids[n])) and [x["model_version"] for x in p] == [new_version] and p
+            ),
+            timeout=60,
+        )
+        assert new["id"] != first[name]["id"]
         masks = check_prediction(new, pics[name], new_version)
         dog_seen += "Dog" in masks
         dog_ious.append(label_iou(masks, pics[name], "Dog"))

@@ -1,0 +1,99 @@
+"""The routes, as routers over the :class:`Runtime` the app's lifespan put on ``app.state``.
+
+``protocol``: what Label Studio calls (the ML-backend protocol of 1.23).
+
+===========  ===========================================================================
+``GET``      ``/health``: ``{"status": "UP", "model_class": "SegGPT", ...}`` with the real state
+             of Redis and the workers (503 ``DOWN`` when Redis is unreachable). Never loads.
+``POST``     ``/setup``: ``{"model_version": ...}`` in milliseconds; starts a background fill
+             of the project's examples on first contact. 422 for an unsupported config.
+``POST``     ``/predict``: see :mod:`seggpt_backend.service.http.predict`.
+``POST``     ``/webhook``: see :mod:`seggpt_backend.service.http.webhooks`.
+===========  ===========================================================================
+
+``operations``: ``GET /metrics`` (Prometheus text format).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from seggpt_backend.service.contract import parse_targets
+from seggpt_backend.service.http import predict as predict_mod
+from seggpt_backend.service.http import webhooks
+from seggpt_backend.service.http.health import HealthMonitor, health_body
+from seggpt_backend.service.http.protocol import PredictRequest, SetupRequest, WebhookEvent, project_key
+from seggpt_backend.service.http.runtime import Runtime
+
+MODEL_CLASS = "SegGPT"
+
+
+async def runtime(request: Request) -> Runtime:
+    # async: a sync dependency would run in the threadpool, which busy /predict calls can fill.
+    rt = getattr(request.app.state, "runtime", None)
+    if rt is None:  # set by the lifespan; direct use without it is a programming error
+        raise RuntimeError("runtime not started (use the app through uvicorn or `with TestClient(app)`)")
+    return rt
+
+
+async def health_monitor(request: Request) -> HealthMonitor:
+    monitor: HealthMonitor = request.app.state.health
+    return monitor
+
+
+Rt = Annotated[Runtime, Depends(runtime)]
+protocol = APIRouter()
+operations = APIRouter()
+
+
+@protocol.get("/health")
+async def health(rt: Rt, monitor: Annotated[HealthMonitor, Depends(health_monitor)]) -> JSONResponse:
+    """Liveness plus honest dependencies: Redis reachability and live workers.
+
+    Async on purpose: it runs on the event loop, not in the threadpool where sync /predict
+    handlers block, and it only reads the monitor's latest snapshot (no Redis call here).
+    """
+    body, status_code = health_body(
+        monitor.snapshot(), model_class=MODEL_CLASS, mode="embedded" if rt.queue.embedded else "redis"
+    )
+    return JSONResponse(body, status_code=status_code)
+
+
+@protocol.post("/setup")
+def setup(body: SetupRequest, rt: Rt) -> dict[str, Any]:
+    """Validate the config and return the project's current model version (no model loading)."""
+    parse_targets(body.schema_)
+    project = project_key(body.project)
+    if not rt.examples.is_populated(project):
+        webhooks.enqueue_fill(rt, project, force=False)
+    return {"model_version": rt.model_version(project)}
+
+
+@protocol.post("/predict")
+def predict(body: PredictRequest, rt: Rt) -> dict[str, Any]:
+    """One result per task, in order (see the predict module for the write-back contract)."""
+    return predict_mod.Predictor(rt).predict(body)
+
+
+@protocol.post("/webhook")
+def webhook(body: WebhookEvent, rt: Rt) -> dict[str, Any]:
+    return webhooks.handle(rt, body)
+
+
+@operations.get("/metrics", response_class=PlainTextResponse)
+def metrics(rt: Rt) -> PlainTextResponse:
+    gauges: dict[str, float] = {}
+    redis_ok = not rt.redis_status().startswith("unavailable")
+    gauges["seggpt_redis_up"] = 1.0 if redis_ok else 0.0
+    if redis_ok:
+        for name, depth in rt.queue.depths().items():
+            gauges[f'seggpt_queue_depth{{queue="{name}"}}'] = float(depth)
+        for (name, st), n in rt.queue.states().items():
+            gauges[f'seggpt_queue_jobs{{queue="{name}",state="{st}"}}'] = float(n)
+        gauges["seggpt_workers"] = float(rt.worker_status()[0])
+    # Without Redis the recorded series cannot be read; render() logs that and shows the gauges.
+    text = rt.metrics.render(gauges)
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
