@@ -50,7 +50,6 @@ RUN python3 -m venv /opt/venv \
 # The package itself (non-editable: the image does not need the sources).
 COPY pyproject.toml README.md /tmp/src/
 COPY seggpt_backend /tmp/src/seggpt_backend
-COPY workers /tmp/src/workers
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps /tmp/src && rm -rf /tmp/src
 
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/seggpt-entrypoint

@@ -138,9 +138,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.worker import run_worker
+    from seggpt_backend.service.jobs.worker import run_worker
 
-    run_worker(settings, queues=args.queues)
+    run_worker(settings, args.queues, burst=args.burst)
     return 0
 
 
@@ -183,7 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     srv.set_defaults(func=_serve)
 
     wrk = sub.add_parser("worker", help="run one GPU worker (needs REDIS_URL)")
-    wrk.add_argument("--queues", nargs="+", default=["interactive", "batch"])
+    wrk.add_argument(
+        "--queues",
+        nargs="+",
+        default=["interactive", "batch"],
+        help="queues in priority order, space- or comma-separated (default: interactive batch)",
+    )
+    wrk.add_argument("--burst", action="store_true", help="exit once the queues are empty")
     wrk.set_defaults(func=_worker)
     return parser
 

@@ -154,7 +154,7 @@ def test_runtime_liveness_bound_outlasts_an_idle_workers_beat(prefix: str) -> No
         try:
             assert isinstance(rt.queue, RQJobQueue)
             client = rt.kv.client  # type: ignore[attr-defined]
-            # The worker_ttl workers/worker.py gives its SegGptWorker (a SimpleWorker).
+            # The worker_ttl service/jobs/worker.py gives its SegGptWorker (a SimpleWorker).
             idle = SimpleWorker([], connection=client, worker_ttl=int(2 * heartbeat_s) + 30)
             assert rt.queue.live_s >= idle.dequeue_timeout + 10
         finally:

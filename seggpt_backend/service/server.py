@@ -4,7 +4,7 @@ This is the one module of the service that sees both rooms: in embedded mode (no
 the HTTP server runs the worker's job code itself, on a daemon thread that loads the engine at
 start-up (``/health`` answers meanwhile), with every store on an in-process
 :class:`~seggpt_backend.service.store.kv.MemoryKV`; with ``REDIS_URL`` it only enqueues and the
-workers (``workers/worker.py``) compute.
+workers (:mod:`seggpt_backend.service.jobs.worker`) compute.
 """
 
 from __future__ import annotations

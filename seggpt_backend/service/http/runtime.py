@@ -1,7 +1,7 @@
 """The server's handles: stores and queue, from settings.
 
 With ``REDIS_URL`` (:meth:`Runtime.create`): every store lives in Redis and jobs go to RQ,
-computed by separate worker processes (``workers/worker.py``). Without it (embedded mode), the same
+computed by separate worker processes (:mod:`seggpt_backend.service.jobs.worker`). Without it (embedded mode), the same
 stores live on an in-process :class:`~seggpt_backend.service.store.kv.MemoryKV` and a daemon
 thread runs the jobs: that runtime is composed by :mod:`seggpt_backend.service.server`, since it
 holds worker-side code the HTTP room does not import.
@@ -76,7 +76,7 @@ class Runtime:
             )
         kv = RedisKV.from_url(settings.redis_url, settings.key_prefix, socket_timeout=10.0)
         health = RedisKV.from_url(settings.redis_url, settings.key_prefix, socket_timeout=0.5)
-        # Live = beat within the worker_ttl workers/worker.py registers (2 x heartbeat + 30 s): an
+        # Live = beat within the worker_ttl the worker (service/jobs/worker.py) registers (2 x heartbeat + 30 s): an
         # idle worker beats only every worker_ttl - 15 s, so a tighter bound drops live idle ones.
         live_s = max(30.0, 2 * settings.worker_heartbeat_s + 30)
         queue = RQJobQueue(

@@ -3,7 +3,7 @@
 ``predict_job(payload)`` computes a chunk of tasks (or one interactive request) and stores the
 results; ``sync_job(payload)`` fills a project's examples from Label Studio. Both take one JSON
 payload (:class:`~seggpt_backend.service.contract.PredictJob` / ``SyncJob``) and use the process-wide
-:class:`WorkerContext` that ``workers/worker.py`` installs after loading the engine once (in
+:class:`WorkerContext` that :mod:`seggpt_backend.service.jobs.worker` installs after loading the engine once (in
 embedded mode, the server's in-process queue installs its own).
 
 Idempotence: results are keyed by (project, requested model version, task id); a retried or

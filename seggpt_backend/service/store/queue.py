@@ -65,7 +65,7 @@ class JobQueue(Protocol):
 
 
 class RQJobQueue:
-    """Enqueue onto RQ queues in Redis; workers (``workers/worker.py``) run the jobs."""
+    """Enqueue onto RQ queues in Redis; workers (:mod:`seggpt_backend.service.jobs.worker`) run the jobs."""
 
     embedded = False
 
@@ -187,7 +187,7 @@ def reclaim_abandoned(queues: Iterable[Any]) -> None:
     """RQ 3's own abandoned-job handling, run now instead of at the next maintenance tick.
 
     A running job's entry in its queue's ``StartedJobRegistry`` expires when its worker stops
-    renewing it (the worker beats every ``SEGGPT_WORKER_HEARTBEAT_S``; see ``workers/worker.py``
+    renewing it (the worker beats every ``SEGGPT_WORKER_HEARTBEAT_S``; see :mod:`seggpt_backend.service.jobs.worker`
     for the TTL). ``cleanup()`` retries each expired job (``Retry(max=RETRIES)``) or, out of
     retries, moves it to the failed registry. Cheap (one sorted-set range per queue), and safe
     to run from every process at once: RQ does the moves in one pipeline per queue. Redis errors
