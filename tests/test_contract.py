@@ -14,6 +14,7 @@ from seggpt_backend.service.contract import (
     PruneJob,
     SyncJob,
     Target,
+    TaskResult,
     parse_targets,
     superseded_ids,
 )
@@ -70,3 +71,20 @@ def test_targets_come_from_the_label_config() -> None:
     assert (target.from_name, target.to_name, target.data_key) == ("tag", "image", "image")
     with pytest.raises(ConfigUnsupported, match="BrushLabels"):
         parse_targets('<View><Image name="image" value="$image"/></View>')
+
+
+def test_a_task_result_is_a_prediction_or_a_failure_and_survives_json() -> None:
+    done = TaskResult(
+        result=({"id": "a", "type": "brushlabels"},), score=0.8, model_version="v2", messages=("x",)
+    )
+    assert done.ok and TaskResult.from_json(json.loads(json.dumps(done.to_json()))) == done
+    assert done.prediction("v1") == {
+        "result": [{"id": "a", "type": "brushlabels"}],
+        "score": 0.8,
+        "model_version": "v2",
+    }
+    assert TaskResult(model_version="").delivered_version("v1") == "v1"  # stored without one: the requested
+    failed = TaskResult.failure("task 7: image 404").with_messages(["label 'Dog' skipped"])
+    assert not failed.ok and failed.result == ()
+    assert failed.to_json() == {"error": "task 7: image 404", "messages": ["label 'Dog' skipped"]}
+    assert TaskResult.from_json(failed.to_json()) == failed

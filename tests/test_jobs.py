@@ -92,7 +92,7 @@ def test_results_are_stored_once_and_a_rerun_does_not_recompute(ctx) -> None:
     assert set(stored) == {10, 11}  # stored under the requested version...
     actual = ctx.model_version("1")
     assert actual.startswith("seggpt-random-tiny-0.ex-")
-    assert all(e["model_version"] == actual for e in stored.values())  # ...carrying the computed one
+    assert all(e.model_version == actual for e in stored.values())  # ...carrying the computed one
     hits = dict(ctx.images.hits)
     assert jobs.execute_predict(ctx, _payload([10, 11])) == {"tasks": 2, "computed": 0}
     assert ctx.images.hits == hits
@@ -132,7 +132,7 @@ def test_failed_write_back_is_released_for_a_later_attempt(ctx, engine) -> None:
     broken = jobs.WorkerContext(ctx.settings, ctx.kv, lambda: engine, client=jobs.make_client(down))
     try:
         jobs.execute_predict(broken, _with_image(_payload([30]), ctx.images.url + "/data/upload/1/q0.png"))
-        assert "result" in ctx.results.get_many("1", "v1", [30])[30]
+        assert ctx.results.get_many("1", "v1", [30])[30].ok
         assert "seggpt_writeback_failures_total 1" in ctx.metrics.render()
         assert [p.task_id for p in ctx.results.pending()] == [30]  # kept for a later attempt
         assert broken.delivery.sweep() == 0  # Label Studio still down: retried later, with back-off
@@ -147,10 +147,10 @@ def test_failed_write_back_is_released_for_a_later_attempt(ctx, engine) -> None:
 def test_a_failed_task_is_not_cached_as_a_result(ctx) -> None:
     payload = _with_image(_payload([40]), "/data/upload/1/missing.png")
     jobs.execute_predict(ctx, payload)
-    assert "404" in ctx.results.get_many("1", "v1", [40])[40]["error"]
+    assert "404" in (ctx.results.get_many("1", "v1", [40])[40].error or "")
     ctx.images.add("/data/upload/1/missing.png", png_bytes(scene(48, 64, seed=3)[0]))
     assert jobs.execute_predict(ctx, payload)["computed"] == 1  # recomputed, not served from the error
-    assert "result" in ctx.results.get_many("1", "v1", [40])[40]
+    assert ctx.results.get_many("1", "v1", [40])[40].ok
 
 
 def test_interactive_answers_go_to_the_request_not_the_cache(ctx) -> None:
@@ -158,7 +158,7 @@ def test_interactive_answers_go_to_the_request_not_the_cache(ctx) -> None:
     payload = dataclasses.replace(_payload([50], prompt=prompt), channel="req-1")
     jobs.execute_predict(ctx, payload)
     entry = ctx.results.get_interactive("req-1")
-    assert entry is not None and all(r["value"]["brushlabels"] == ["Cat"] for r in entry["result"])
+    assert entry is not None and entry.ok and all(r["value"]["brushlabels"] == ["Cat"] for r in entry.result)
     assert ctx.results.get_many("1", "v1", [50]) == {}
 
 

@@ -11,7 +11,7 @@ from seggpt_backend.engine.engine import load_engine
 from seggpt_backend.engine.images import load_image_and_size
 from seggpt_backend.service.contract import JobTask, Target
 from seggpt_backend.service.jobs.materialize import Materializer
-from seggpt_backend.service.jobs.pipeline import ExamplePicker, Options, run_chunk
+from seggpt_backend.service.jobs.pipeline import Chunk, ChunkRunner, ExamplePicker, Options
 from seggpt_backend.service.jobs.refine import Prompt
 from seggpt_backend.service.store.examples import record_from_annotation
 from seggpt_backend.service.store.kv import MemoryKV
@@ -50,20 +50,21 @@ def _example(
     return record_from_annotation(ann, {"id": task_id, "data": {"image": url}}, {"image": "image"})
 
 
-def _run(files, records, tasks, engine, **kw):
-    return run_chunk(
+def _runner(files, engine) -> ChunkRunner:
+    materializer = Materializer(MemoryKV(), files.fetch, max_pixels=10**8)
+    return ChunkRunner(engine=engine, load=files.load, materializer=materializer, pool=files.pool)
+
+
+def _run(files, records, tasks, engine, options=None, prompt=None):
+    chunk = Chunk(
         project="1",
         model_version="v1",
         targets=TARGETS,
         tasks=[JobTask.from_json(t) for t in tasks],
         records=records,
-        materializer=Materializer(MemoryKV(), files.fetch, max_pixels=10**8),
-        engine=engine,
-        load=files.load,
-        options=kw.pop("options", Options(num_examples=2)),
-        pool=files.pool,
-        **kw,
+        prompt=prompt,
     )
+    return _runner(files, engine).run(chunk, options or Options(num_examples=2))
 
 
 def test_chunk_predicts_every_task_and_isolates_a_corrupt_image(engine) -> None:
@@ -81,15 +82,15 @@ def test_chunk_predicts_every_task_and_isolates_a_corrupt_image(engine) -> None:
     out = _run(files, records, tasks, engine)
     assert set(out.entries) == {5, 6, 7, 8}
     ok = out.entries[5]
-    assert ok["model_version"] == "v1" and 0.0 <= ok["score"] <= 1.0
-    labels = sorted(r["value"]["brushlabels"][0] for r in ok["result"])
+    assert ok.ok and ok.model_version == "v1" and 0.0 <= ok.score <= 1.0
+    labels = sorted(r["value"]["brushlabels"][0] for r in ok.result)
     assert set(labels) <= {"Cat", "Dog"} and labels  # random weights still paint something
-    for r in ok["result"]:
+    for r in ok.result:
         assert (r["original_width"], r["original_height"]) == (90, 72)
         assert (r["from_name"], r["to_name"], r["type"]) == ("tag", "image", "brushlabels")
-    assert out.entries[6]["error"].startswith("task 6: image '/bad.png'")
-    assert "404" in out.entries[7]["error"] and "task 7" in out.entries[7]["error"]
-    assert out.entries[8]["error"] == "task 8: no image URL in data['image']"
+    assert (out.entries[6].error or "").startswith("task 6: image '/bad.png'")
+    assert "404" in (out.entries[7].error or "") and "task 7" in (out.entries[7].error or "")
+    assert out.entries[8].error == "task 8: no image URL in data['image']"
 
 
 def test_labels_without_examples_are_skipped_with_a_message(engine) -> None:
@@ -98,10 +99,14 @@ def test_labels_without_examples_are_skipped_with_a_message(engine) -> None:
     q, _ = scene(64, 64, seed=9)
     files.data["/q.png"] = png_bytes(q)
     out = _run(files, records, [{"id": 1, "images": {"image": "/q.png"}}], engine)
-    assert {r["value"]["brushlabels"][0] for r in out.entries[1]["result"]} <= {"Cat"}
+    assert {r["value"]["brushlabels"][0] for r in out.entries[1].result} <= {"Cat"}
     assert any("'Dog' skipped" in m for m in out.messages)
     none = _run(files, [], [{"id": 1, "images": {"image": "/q.png"}}], engine)
-    assert none.entries[1]["result"] == [] and any("no examples yet" in m for m in none.messages)
+    assert (
+        none.entries[1].ok
+        and none.entries[1].result == ()
+        and any("no examples yet" in m for m in none.messages)
+    )
 
 
 def test_engine_failure_on_one_request_fails_only_that_task(engine) -> None:
@@ -123,8 +128,8 @@ def test_engine_failure_on_one_request_fails_only_that_task(engine) -> None:
         [{"id": 1, "images": {"image": "/a.png"}}, {"id": 2, "images": {"image": "/b.png"}}],
         Flaky(),
     )
-    assert "segmentation failed: RuntimeError: CUDA error" in out.entries[1]["error"]
-    assert "result" in out.entries[2]
+    assert "segmentation failed: RuntimeError: CUDA error" in (out.entries[1].error or "")
+    assert out.entries[2].ok
 
 
 def test_interactive_prompt_returns_only_its_label_refined(engine) -> None:
@@ -133,7 +138,7 @@ def test_interactive_prompt_returns_only_its_label_refined(engine) -> None:
     files.data["/q.png"] = png_bytes(scene(60, 80, seed=3)[0])
     prompt = Prompt("Dog", "tag", "image", points=(), boxes=((10.0, 10.0, 30.0, 30.0),))
     out = _run(files, records, [{"id": 4, "images": {"image": "/q.png"}}], engine, prompt=prompt)
-    regions = out.entries[4]["result"]
+    regions = out.entries[4].result
     assert len(regions) == 1 and regions[0]["value"]["brushlabels"] == ["Dog"]
     from seggpt_backend.labelstudio import rle
 
@@ -175,8 +180,8 @@ def test_exif_rotated_query_gets_regions_in_displayed_size(engine, tmp_path) -> 
     assert displayed.shape[:2] == (96, 64)
     files.data["/rot.jpg"] = path.read_bytes()
     out = _run(files, records, [{"id": 1, "images": {"image": "/rot.jpg"}}], engine)
-    assert out.entries[1]["result"]
-    for region in out.entries[1]["result"]:
+    assert out.entries[1].result
+    for region in out.entries[1].result:
         assert (region["original_width"], region["original_height"]) == (64, 96)
 
 
@@ -194,7 +199,7 @@ def test_split_components_gives_one_connected_region_each(engine) -> None:
         engine,
         options=Options(num_examples=1, split_components=True),
     )
-    regions = out.entries[1]["result"]
+    regions = out.entries[1].result
     assert len({r["id"] for r in regions}) == len(regions) > 0
     for r in regions:
         assert label(rle.decode(r["value"]["rle"], 64, 96) > 0)[1] == 1
@@ -219,20 +224,10 @@ def test_two_brush_controls_on_two_images(engine) -> None:
         png_bytes(scene(40, 50, seed=3)[0]),
         png_bytes(scene(30, 70, seed=4)[0]),
     )
-    out = run_chunk(
-        project="1",
-        model_version="v",
-        targets=targets,
-        tasks=[JobTask(1, {"image": "/qa.png", "other": "/qb.png"})],
-        records=[rec],
-        materializer=Materializer(MemoryKV(), files.fetch, max_pixels=10**8),
-        engine=engine,
-        load=files.load,
-        options=Options(),
-        pool=files.pool,
-    )
+    chunk = Chunk("1", "v", targets, [JobTask(1, {"image": "/qa.png", "other": "/qb.png"})], [rec])
+    out = _runner(files, engine).run(chunk, Options())
     seen = {
         (r["from_name"], r["to_name"], r["value"]["brushlabels"][0], r["original_width"])
-        for r in out.entries[1]["result"]
+        for r in out.entries[1].result
     }
     assert seen == {("tag", "image", "Cat", 50), ("tag2", "image2", "Dog", 70)}

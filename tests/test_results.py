@@ -7,9 +7,10 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
 from seggpt_backend.engine.interface import MaskPrediction
-from seggpt_backend.service.jobs.regions import prediction_entry, regions_for_label
+from seggpt_backend.service.contract import TaskResult
+from seggpt_backend.service.jobs.regions import prediction_result, regions_for_label
 from seggpt_backend.service.store.kv import RedisKV
-from seggpt_backend.service.store.results import Pending, ResultStore
+from seggpt_backend.service.store.results import ERROR_TTL_S, Pending, ResultStore
 from tests.service_support import cleanup_redis, new_prefix, redis_url
 
 
@@ -74,22 +75,26 @@ def test_empty_mask_gives_no_region_and_override_rescores() -> None:
     assert r["score"] == pytest.approx(0.6)
 
 
-def test_prediction_entry_scores() -> None:
-    assert prediction_entry([], "v1") == {"result": [], "score": 0.0, "model_version": "v1"}
-    e = prediction_entry([{"score": 0.5}, {"score": 1.0}], "v1")
-    assert e["score"] == 0.75 and e["model_version"] == "v1"
+def test_prediction_result_scores() -> None:
+    assert prediction_result([], "v1") == TaskResult(result=(), score=0.0, model_version="v1")
+    e = prediction_result([{"score": 0.5}, {"score": 1.0}], "v1")
+    assert e.ok and e.score == 0.75 and e.model_version == "v1"
 
 
 def test_store_and_exactly_once_claims() -> None:
     prefix = new_prefix()
     store = ResultStore(RedisKV.from_url(redis_url(), prefix))
     try:
-        store.put("1", "v", 5, {"result": [], "score": 0.0, "model_version": "v"})
-        store.put("1", "v", 6, {"error": "task 6: broken"})
-        assert store.get_many("1", "v", [5, 6, 7]) == {
-            5: {"result": [], "score": 0.0, "model_version": "v"},
-            6: {"error": "task 6: broken"},
-        }
+        done = TaskResult(
+            result=({"id": "r1", "type": "brushlabels"},), score=0.5, model_version="v", messages=("m",)
+        )
+        store.put("1", "v", 5, done)
+        store.put("1", "v", 6, TaskResult.failure("task 6: broken"))
+        assert store.get_many("1", "v", [5, 6, 7]) == {5: done, 6: TaskResult.failure("task 6: broken")}
+        ttl = store.kv.client.ttl  # type: ignore[attr-defined]
+        assert (
+            0 < ttl(f"{prefix}:res:1:v:6") <= ERROR_TTL_S < ttl(f"{prefix}:res:1:v:5")
+        )  # failures retry soon
         assert store.get_many("1", "other", [5]) == {}
         assert store.claim("1", "v", 5) and not store.claim("1", "v", 5)
         assert store.claim("1", "v2", 5)  # a claim is per delivered model version

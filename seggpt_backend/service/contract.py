@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from seggpt_backend.service.errors import ConfigUnsupported, ContractError
@@ -268,6 +268,71 @@ class PruneJob:
 
 
 Job = PredictJob | SyncJob | PruneJob
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """One task's outcome, as a worker stores it and the server reads it: a prediction or a failure.
+
+    A prediction: ``result`` (Label Studio regions, percent coordinates), ``score`` in [0, 1]
+    and the ``model_version`` it was computed with (empty: the version it is stored under).
+    A failure: ``error`` names the task and the problem (``"task 12: image ...: ..."``) and
+    ``result`` is empty. ``messages``: notes for Label Studio's answer (skipped labels etc.).
+
+    JSON: ``{"result": [...], "score": s, "model_version": D, "messages": [...]}`` or
+    ``{"error": msg, "messages": [...]}``.
+    """
+
+    result: tuple[dict[str, Any], ...] = ()
+    score: float = 0.0
+    model_version: str = ""
+    error: str | None = None
+    messages: tuple[str, ...] = ()
+
+    @classmethod
+    def failure(cls, error: str) -> TaskResult:
+        return cls(error=error)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def delivered_version(self, fallback: str) -> str:
+        """The model version Label Studio stores for this prediction: the one it was computed with."""
+        return self.model_version or fallback
+
+    def prediction(self, fallback_version: str) -> dict[str, Any]:
+        """The prediction as Label Studio's ``/predict`` answer and API carry it."""
+        return {
+            "result": list(self.result),
+            "score": self.score,
+            "model_version": self.delivered_version(fallback_version),
+        }
+
+    def with_messages(self, messages: Sequence[str]) -> TaskResult:
+        return replace(self, messages=(*self.messages, *messages))
+
+    def to_json(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"error": self.error, "messages": list(self.messages)}
+        return {
+            "result": list(self.result),
+            "score": self.score,
+            "model_version": self.model_version,
+            "messages": list(self.messages),
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> TaskResult:
+        messages = tuple(str(m) for m in d.get("messages") or ())
+        if d.get("error") is not None:
+            return cls(error=str(d["error"]), messages=messages)
+        return cls(
+            result=tuple(dict(r) for r in d.get("result") or ()),
+            score=float(d.get("score", 0.0)),
+            model_version=str(d.get("model_version") or ""),
+            messages=messages,
+        )
 
 
 def _check_version(d: Mapping[str, Any]) -> None:

@@ -14,7 +14,7 @@
 Below the service, each layer keeps its own: ``SettingsError`` (start-up), ``LabelStudioError``
 and its subclasses (API and downloads), ``LabelConfigError``, ``ImageError``, ``CheckpointError``.
 A task that fails is not an exception once it leaves the pipeline: it is a stored
-``{"error": "task N: ..."}`` result (see :mod:`seggpt_backend.service.store.results`).
+:class:`~seggpt_backend.service.contract.TaskResult` whose ``error`` names the task and the problem.
 """
 
 from __future__ import annotations

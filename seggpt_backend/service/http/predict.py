@@ -45,6 +45,7 @@ from seggpt_backend.service.contract import (
     Prompt,
     PruneJob,
     Target,
+    TaskResult,
     Writeback,
     parse_targets,
     superseded_ids,
@@ -60,7 +61,6 @@ from seggpt_backend.service.http.protocol import (
     task_images,
 )
 from seggpt_backend.service.http.runtime import Runtime
-from seggpt_backend.service.store.results import delivered_version
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +89,6 @@ def predict_job(
         prompt=prompt,
         writeback=writeback,
     )
-
-
-def _public(entry: dict[str, Any], model_version: str) -> dict[str, Any]:
-    """The prediction as Label Studio stores it; the version is the one it was computed with."""
-    return {
-        "result": entry.get("result", []),
-        "score": entry.get("score", 0.0),
-        "model_version": entry.get("model_version") or model_version,
-    }
 
 
 class Predictor:
@@ -146,17 +137,17 @@ class Predictor:
         while entry is None and time.monotonic() < deadline:
             self.rt.results.wait(channel, min(POLL_S, max(0.01, deadline - time.monotonic())))
             entry = self.rt.results.get_interactive(channel)
-        messages = list(entry.get("messages", [])) if entry else []
+        messages = list(entry.messages) if entry else []
         if entry is None:
             messages.append(
                 f"task {task.id}: interactive prediction did not finish within {self.s.predict_budget_s:g} s"
             )
-            entry = {"result": []}
-        elif "error" in entry:
-            messages.append(entry["error"])
-            entry = {"result": []}
+            entry = TaskResult()
+        elif entry.error is not None:
+            messages.append(entry.error)
+            entry = TaskResult()
         self.rt.metrics.inc("seggpt_predictions_served_total", channel="interactive")
-        return {"results": [_public(entry, version)], "model_version": version, "messages": messages}
+        return {"results": [entry.prediction(version)], "model_version": version, "messages": messages}
 
     # ------------------------------------------------------------------ batch
     def _batch(
@@ -229,11 +220,11 @@ class Predictor:
 
         answered: list[int] = []
         for tid, entry in found.items():
-            if "error" in entry:
+            if not entry.ok:
                 answers[tid] = []
                 continue
-            if results.claim(project, delivered_version(entry, version), tid):
-                answers[tid] = _public(entry, version)
+            if results.claim(project, entry.delivered_version(version), tid):
+                answers[tid] = entry.prediction(version)
                 answered.append(tid)
             else:
                 answers[tid] = []  # written back, or answered by a concurrent request already
@@ -265,22 +256,22 @@ class Predictor:
         messages: list[str],
         *,
         retry_errors: bool = False,
-    ) -> dict[int, dict[str, Any]]:
-        """Stored entries of ``pending`` tasks (not yet claimed); failures add their message.
+    ) -> dict[int, TaskResult]:
+        """Stored results of ``pending`` tasks (not yet claimed); failures add their message.
 
         ``retry_errors``: a failure stored by an earlier request is dropped so the task is computed
         again (the image may have been fixed) instead of being answered with the old error.
         """
         if not pending:
             return {}
-        out: dict[int, dict[str, Any]] = {}
+        out: dict[int, TaskResult] = {}
         for tid, entry in self.rt.results.get_many(project, version, pending).items():
-            if "error" in entry:
+            if entry.error is not None:
                 if retry_errors:
                     self.rt.results.forget(project, version, tid)
                     continue
-                messages.append(entry["error"])
-            for m in entry.get("messages", []):
+                messages.append(entry.error)
+            for m in entry.messages:
                 if m not in messages:
                     messages.append(m)
             out[tid] = entry

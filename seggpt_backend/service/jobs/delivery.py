@@ -26,7 +26,7 @@ from typing import Any
 
 from seggpt_backend.service.contract import Superseded, superseded_ids
 from seggpt_backend.service.store.metrics import Metrics
-from seggpt_backend.service.store.results import Pending, ResultStore, delivered_version
+from seggpt_backend.service.store.results import Pending, ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +87,10 @@ class Delivery:
         """
         project, model_version, task_id = pending.project, pending.model_version, pending.task_id
         entry = self.results.get_many(project, model_version, [task_id]).get(task_id)
-        if entry is None or "error" in entry:
+        if entry is None or not entry.ok:
             self.results.settle(project, model_version, task_id)  # nothing to deliver
             return True
-        version = delivered_version(entry, model_version)
+        version = entry.delivered_version(model_version)
         if not self.results.claim(project, version, task_id):
             self.results.settle(project, model_version, task_id)  # a response or a worker has it
             return True
@@ -104,8 +104,8 @@ class Delivery:
         try:
             self.client.create_prediction(
                 task_id,
-                entry["result"],
-                entry.get("score", 0.0),
+                list(entry.result),
+                entry.score,
                 version,
                 project_id=int(project) if project.isdigit() else None,
             )

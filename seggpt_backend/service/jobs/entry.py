@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seggpt_backend.engine.interface import Engine
-from seggpt_backend.service.contract import JobTask, PredictJob, PruneJob, SyncJob
+from seggpt_backend.service.contract import JobTask, PredictJob, PruneJob, SyncJob, TaskResult
 from seggpt_backend.service.jobs import sync
 from seggpt_backend.service.jobs.delivery import Delivery
 from seggpt_backend.service.jobs.materialize import Materializer
-from seggpt_backend.service.jobs.pipeline import Options, run_chunk
+from seggpt_backend.service.jobs.pipeline import Chunk, ChunkRunner, Options
 from seggpt_backend.service.jobs.prefetch import ImagePrefetcher
 from seggpt_backend.service.store.examples import ExampleStore, compose_model_version
 from seggpt_backend.service.store.kv import KV
@@ -55,6 +55,7 @@ class WorkerContext:
     prefetcher: ImagePrefetcher = field(init=False)
     delivery: Delivery = field(init=False)
     _engine: Engine | None = field(default=None, init=False)
+    _runner: ChunkRunner | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +85,18 @@ class WorkerContext:
                 log.info("engine %s ready in %.1f s", self._engine.model_version, time.monotonic() - started)
                 self.publish_engine()
             return self._engine
+
+    @property
+    def runner(self) -> ChunkRunner:
+        """The chunk runner on this process's engine, prefetcher and materializer (loads the engine)."""
+        if self._runner is None:
+            self._runner = ChunkRunner(
+                engine=self.engine,
+                load=self.prefetcher.load,
+                materializer=self.materializer,
+                pool=self.prefetcher.pool,
+            )
+        return self._runner
 
     def publish_engine(self) -> None:
         """Tell the server which engine computes (its ``/setup`` version); again after Redis lost it."""
@@ -239,7 +252,7 @@ def _predict(ctx: WorkerContext, job: PredictJob) -> dict[str, Any]:
     if job.prompt is None:
         # A retried or duplicated job: tasks already computed are only (re)offered for delivery.
         done = ctx.results.get_many(project, version, ids)
-        cached = [t for t in ids if t in done and "error" not in done[t]]
+        cached = [t for t in ids if t in done and done[t].ok]
         if cached:
             ctx.metrics.inc("seggpt_tasks_total", len(cached), outcome="cached")
             for task in job.tasks:
@@ -255,37 +268,30 @@ def _predict(ctx: WorkerContext, job: PredictJob) -> dict[str, Any]:
     # Results are stored under the requested version (the waiting request looks them up by it) but
     # carry the version actually computed, which is what /setup reports from now on.
     actual = ctx.model_version(project)
-    outcome = run_chunk(
+    chunk = Chunk(
         project=project,
         model_version=actual,
-        targets=list(job.targets),
+        targets=job.targets,
         tasks=tasks,
         records=records,
-        materializer=ctx.materializer,
-        engine=ctx.engine,
-        load=ctx.prefetcher.load,
-        options=ctx.options(),
         prompt=job.prompt,
-        pool=ctx.prefetcher.pool,
     )
+    outcome = ctx.runner.run(chunk, ctx.options())
     ctx.prefetcher.release(url for t in tasks for url in t.images.values())
-    failed = sum(1 for e in outcome.entries.values() if "error" in e)
+    failed = sum(1 for e in outcome.entries.values() if not e.ok)
     ctx.metrics.inc("seggpt_tasks_total", len(outcome.entries) - failed, outcome="predicted")
     if failed:
         ctx.metrics.inc("seggpt_tasks_total", failed, outcome="failed")
     if job.prompt is not None:
         tid = ids[0]
-        entry = outcome.entries.get(tid, {"error": f"task {tid}: nothing computed"})
-        ctx.results.put_interactive(job.channel, {**entry, "messages": outcome.messages})
+        entry = outcome.entries.get(tid, TaskResult.failure(f"task {tid}: nothing computed"))
+        ctx.results.put_interactive(job.channel, entry.with_messages(outcome.messages))
     else:
         for tid, entry in outcome.entries.items():
-            stored = (
-                {**entry, "messages": outcome.messages}
-                if outcome.messages and "error" not in entry
-                else entry
+            ctx.results.put(
+                project, version, tid, entry.with_messages(outcome.messages) if entry.ok else entry
             )
-            ctx.results.put(project, version, tid, stored)
-            if "error" not in entry:
+            if entry.ok:
                 _offer(ctx, job, by_id[tid])
     ctx.results.notify(job.channel, ids)
     return {"tasks": len(ids), "computed": len(outcome.entries), "failed": failed}

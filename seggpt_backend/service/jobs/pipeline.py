@@ -3,7 +3,7 @@
 For a chunk of tasks: query images are downloaded and decoded in a thread pool (while example
 images are materialised), examples are chosen per query and label, all queries go to the engine
 in ONE ``segment`` call, and masks become brush regions. Failures are per task: a task whose image
-cannot be fetched or decoded gets ``{"error": "task 12: ..."}`` and the others proceed; if the
+cannot be fetched or decoded gets a failed :class:`TaskResult` (``"task 12: ..."``) and the others proceed; if the
 engine raises on the batch, the requests are retried one by one so only the culprit fails.
 """
 
@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from seggpt_backend.engine.interface import Engine, Example, MaskPrediction, SegmentRequest
-from seggpt_backend.service.contract import JobTask, Prompt, Target
+from seggpt_backend.service.contract import JobTask, Prompt, Target, TaskResult
 from seggpt_backend.service.errors import ExampleError
 from seggpt_backend.service.jobs.materialize import Materialized, Materializer
 from seggpt_backend.service.jobs.refine import refine
-from seggpt_backend.service.jobs.regions import prediction_entry, regions_for_label
+from seggpt_backend.service.jobs.regions import prediction_result, regions_for_label
 from seggpt_backend.service.jobs.selection import Candidate, describe, most_recent, select
 from seggpt_backend.service.store.examples import ExampleRecord
 
@@ -47,9 +47,9 @@ class Options:
 
 @dataclass
 class ChunkOutcome:
-    """``entries``: task id -> prediction entry or ``{"error": msg}``; ``messages``: skipped labels etc."""
+    """``entries``: task id -> its prediction or failure; ``messages``: skipped labels etc."""
 
-    entries: dict[int, dict[str, Any]] = field(default_factory=dict)
+    entries: dict[int, TaskResult] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
 
 
@@ -115,108 +115,166 @@ class ExamplePicker:
         return chosen
 
 
-def run_chunk(
-    *,
-    project: str,
-    model_version: str,
-    targets: Sequence[Target],
-    tasks: Sequence[JobTask],
-    records: Sequence[ExampleRecord],
-    materializer: Materializer,
-    engine: Engine,
-    load: ImageLoader,
-    options: Options,
-    prompt: Prompt | None = None,
-    pool: ThreadPoolExecutor | None = None,
-) -> ChunkOutcome:
-    """Predict ``tasks`` (ids and ``{data_key: url}``); see the module docstring.
+@dataclass(frozen=True)
+class Chunk:
+    """One job's work: ``tasks`` (ids and ``{data_key: url}``) of ``project`` on ``targets``.
 
-    With ``prompt`` (interactive), only the prompt's label on its control is predicted and refined.
+    ``records``: the project's examples; ``model_version``: what the predictions will carry;
+    ``prompt``: the editor's smart-tool context (interactive jobs), or None.
     """
-    out = ChunkOutcome()
-    # With one BrushLabels control, examples match by label alone (survives a renamed control).
-    picker = ExamplePicker(project, records, materializer, options, single_target=len(targets) == 1)
-    if prompt is not None:
-        targets = [t for t in targets if t.from_name == prompt.from_name]
-    futures: dict[tuple[int, str], Future[LoadedImage]] = {}
-    for task in tasks:
-        tid = task.id
-        for t in targets:
-            url = task.images.get(t.data_key)
-            if isinstance(url, str) and url:
-                futures[(tid, t.data_key)] = load(url, tid)
-    # Materialise the example pool while the query images download.
-    if pool is not None and records:
-        for t in targets:
-            for label in t.labels if prompt is None else (prompt.label,):
-                for c in picker.candidates(t, label)[
-                    : options.num_examples if options.selection != "retrieval" else None
-                ]:
-                    pool.submit(picker.materialize, c.key, t.to_name)
 
-    units: list[tuple[int, Target, LoadedImage]] = []
-    for task in tasks:
-        tid = task.id
-        problems: list[str] = []
-        for t in targets:
-            fut = futures.get((tid, t.data_key))
-            if fut is None:
-                problems.append(f"task {tid}: no image URL in data[{t.data_key!r}]")
-                continue
-            try:
-                units.append((tid, t, fut.result()))
-            except Exception as exc:
-                problems.append(f"task {tid}: image {task.images.get(t.data_key)!r}: {exc}")
-        if problems and not any(u[0] == tid for u in units):
-            out.entries[tid] = {"error": "; ".join(problems)}
-            log.warning("%s", "; ".join(problems))
+    project: str
+    model_version: str
+    targets: Sequence[Target]
+    tasks: Sequence[JobTask]
+    records: Sequence[ExampleRecord]
+    prompt: Prompt | None = None
 
-    requests: list[SegmentRequest] = []
-    skipped: set[str] = set()
-    for _tid, t, (pixels, size) in units:
-        qdesc = describe(pixels) if options.selection == "retrieval" else None
-        labels = t.labels if prompt is None else (prompt.label,)
-        examples: dict[str, list[Example]] = {}
-        for label in labels:
-            chosen = picker.pick(t, label, qdesc)
-            if chosen:
-                examples[label] = chosen
-            else:
-                skipped.add(label)
-        requests.append(SegmentRequest(query=pixels, examples=examples, size=size))
-    for label in sorted(skipped):
-        msg = f"project {project}: label {label!r} skipped: no accepted annotation with a brush region for it yet"
-        out.messages.append(msg)
-        log.info("%s", msg)
-    if units and not any(r.examples for r in requests):
-        out.messages.append(
-            f"project {project}: no examples yet; annotate at least one image with brush labels "
-            "(every accepted annotation becomes an example)"
+
+@dataclass(frozen=True)
+class Unit:
+    """One decoded query: a task's image for one target (``pixels`` (h, w, 3) uint8, ``size`` (H, W))."""
+
+    task_id: int
+    target: Target
+    pixels: np.ndarray
+    size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ChunkRunner:
+    """Runs chunks on a worker's long-lived parts: the engine (loaded once), the image loader,
+    the example materializer and a thread pool. Build one per worker; call :meth:`run` per job."""
+
+    engine: Engine
+    load: ImageLoader
+    materializer: Materializer
+    pool: ThreadPoolExecutor | None = None
+
+    def run(self, chunk: Chunk, options: Options) -> ChunkOutcome:
+        """Predict every task of ``chunk``: one engine call for all of them (see the module docstring).
+
+        With ``chunk.prompt`` (interactive), only the prompt's label on its control is predicted
+        and then refined.
+        """
+        out = ChunkOutcome()
+        prompt = chunk.prompt
+        targets = list(chunk.targets)
+        # With one BrushLabels control, examples match by label alone (survives a renamed control).
+        picker = ExamplePicker(
+            chunk.project, chunk.records, self.materializer, options, single_target=len(targets) == 1
         )
-
-    predictions = _segment(engine, requests, options, [u[0] for u in units], out)
-    regions: dict[int, list[dict[str, Any]]] = {}
-    for (tid, t, _), preds in zip(units, predictions, strict=True):
-        if preds is None:
-            continue
-        task_regions = regions.setdefault(tid, [])
-        for label, pred in preds.items():
-            mask = refine(pred.mask, pred.soft, prompt) if prompt is not None else None
-            task_regions.extend(
-                regions_for_label(
-                    pred,
-                    task_id=tid,
-                    label=label,
-                    from_name=t.from_name,
-                    to_name=t.to_name,
-                    split_components=options.split_components and prompt is None,
-                    mask=mask,
+        if prompt is not None:
+            targets = [t for t in targets if t.from_name == prompt.from_name]
+        downloads = self._download(chunk.tasks, targets)
+        self._warm_examples(picker, targets, options, chunk)  # while the query images download
+        units = self._decode(chunk.tasks, targets, downloads, out)
+        requests = self._requests(chunk, units, picker, options, out)
+        predictions = _segment(self.engine, requests, options, [u.task_id for u in units], out)
+        regions: dict[int, list[dict[str, Any]]] = {}
+        for unit, preds in zip(units, predictions, strict=True):
+            if preds is None:
+                continue
+            task_regions = regions.setdefault(unit.task_id, [])
+            for label, pred in preds.items():
+                mask = refine(pred.mask, pred.soft, prompt) if prompt is not None else None
+                task_regions.extend(
+                    regions_for_label(
+                        pred,
+                        task_id=unit.task_id,
+                        label=label,
+                        from_name=unit.target.from_name,
+                        to_name=unit.target.to_name,
+                        split_components=options.split_components and prompt is None,
+                        mask=mask,
+                    )
                 )
+        for tid, task_regions in regions.items():
+            if tid not in out.entries:
+                out.entries[tid] = prediction_result(task_regions, chunk.model_version)
+        return out
+
+    def _download(
+        self, tasks: Sequence[JobTask], targets: Sequence[Target]
+    ) -> dict[tuple[int, str], Future[LoadedImage]]:
+        futures: dict[tuple[int, str], Future[LoadedImage]] = {}
+        for task in tasks:
+            for t in targets:
+                url = task.images.get(t.data_key)
+                if isinstance(url, str) and url:
+                    futures[(task.id, t.data_key)] = self.load(url, task.id)
+        return futures
+
+    def _warm_examples(
+        self, picker: ExamplePicker, targets: Sequence[Target], options: Options, chunk: Chunk
+    ) -> None:
+        """Materialise the example pool in the background (retrieval needs every candidate)."""
+        if self.pool is None or not chunk.records:
+            return
+        limit = options.num_examples if options.selection != "retrieval" else None
+        for t in targets:
+            for label in t.labels if chunk.prompt is None else (chunk.prompt.label,):
+                for c in picker.candidates(t, label)[:limit]:
+                    self.pool.submit(picker.materialize, c.key, t.to_name)
+
+    @staticmethod
+    def _decode(
+        tasks: Sequence[JobTask],
+        targets: Sequence[Target],
+        downloads: dict[tuple[int, str], Future[LoadedImage]],
+        out: ChunkOutcome,
+    ) -> list[Unit]:
+        """The decoded queries; a task none of whose images decodes fails, naming each problem."""
+        units: list[Unit] = []
+        for task in tasks:
+            problems: list[str] = []
+            before = len(units)
+            for t in targets:
+                fut = downloads.get((task.id, t.data_key))
+                if fut is None:
+                    problems.append(f"task {task.id}: no image URL in data[{t.data_key!r}]")
+                    continue
+                try:
+                    pixels, size = fut.result()
+                    units.append(Unit(task.id, t, pixels, size))
+                except Exception as exc:
+                    problems.append(f"task {task.id}: image {task.images.get(t.data_key)!r}: {exc}")
+            if problems and len(units) == before:
+                out.entries[task.id] = TaskResult.failure("; ".join(problems))
+                log.warning("%s", "; ".join(problems))
+        return units
+
+    @staticmethod
+    def _requests(
+        chunk: Chunk, units: Sequence[Unit], picker: ExamplePicker, options: Options, out: ChunkOutcome
+    ) -> list[SegmentRequest]:
+        """One engine request per unit, with the examples chosen for each of its labels."""
+        requests: list[SegmentRequest] = []
+        skipped: set[str] = set()
+        for unit in units:
+            qdesc = describe(unit.pixels) if options.selection == "retrieval" else None
+            labels = unit.target.labels if chunk.prompt is None else (chunk.prompt.label,)
+            examples: dict[str, list[Example]] = {}
+            for label in labels:
+                chosen = picker.pick(unit.target, label, qdesc)
+                if chosen:
+                    examples[label] = chosen
+                else:
+                    skipped.add(label)
+            requests.append(SegmentRequest(query=unit.pixels, examples=examples, size=unit.size))
+        for label in sorted(skipped):
+            msg = (
+                f"project {chunk.project}: label {label!r} skipped: no accepted annotation with a brush "
+                "region for it yet"
             )
-    for tid, task_regions in regions.items():
-        if tid not in out.entries:
-            out.entries[tid] = prediction_entry(task_regions, model_version)
-    return out
+            out.messages.append(msg)
+            log.info("%s", msg)
+        if units and not any(r.examples for r in requests):
+            out.messages.append(
+                f"project {chunk.project}: no examples yet; annotate at least one image with brush labels "
+                "(every accepted annotation becomes an example)"
+            )
+        return requests
 
 
 def _segment(
@@ -251,4 +309,4 @@ def _segment(
 def _fail(out: ChunkOutcome, task_id: int, exc: BaseException) -> None:
     msg = f"task {task_id}: segmentation failed: {type(exc).__name__}: {exc}"
     log.error("%s", msg)
-    out.entries[task_id] = {"error": msg}
+    out.entries[task_id] = TaskResult.failure(msg)

@@ -22,6 +22,7 @@ import numpy as np
 
 from seggpt_backend import masks
 from seggpt_backend.engine.interface import MaskPrediction
+from seggpt_backend.service.contract import TaskResult
 
 
 def _region_id(task_id: int, from_name: str, label: str, index: int) -> str:
@@ -104,11 +105,11 @@ def regions_for_label(
     ]
 
 
-def prediction_entry(regions: Sequence[Mapping[str, Any]], model_version: str) -> dict[str, Any]:
+def prediction_result(regions: Sequence[Mapping[str, Any]], model_version: str) -> TaskResult:
     """One task's prediction: regions plus the prediction-level score (mean region score, 0 if none)."""
     scores = [float(r.get("score", 0.0)) for r in regions]
-    return {
-        "result": list(regions),
-        "score": round(sum(scores) / len(scores), 4) if scores else 0.0,
-        "model_version": model_version,
-    }
+    return TaskResult(
+        result=tuple(dict(r) for r in regions),
+        score=round(sum(scores) / len(scores), 4) if scores else 0.0,
+        model_version=model_version,
+    )

@@ -2,8 +2,8 @@
 
 Result store keys (under the KV prefix), for a task ``T`` of project ``P``:
 
-- ``res:P:V:T``  JSON ``{"result": [...], "score": s, "model_version": D}`` or ``{"error": msg}``,
-  under the version ``V`` the request asked for; ``D`` is the version it was computed with
+- ``res:P:V:T``  a :class:`~seggpt_backend.service.contract.TaskResult` as JSON, under the
+  version ``V`` the request asked for (its ``model_version`` ``D`` is the one it was computed with)
 - ``posted:P:D:T`` the delivery claim (SET NX): whoever sets it delivers the prediction of
   version ``D`` to Label Studio, in an HTTP response or by write-back, and nobody else does
 - ``waiter:C``  lease of the HTTP request waiting on channel ``C`` (refreshed every poll,
@@ -20,11 +20,10 @@ its request or written back by a worker (both may try; the claim lets one win).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
 
-from seggpt_backend.service.contract import Superseded
+from seggpt_backend.service.contract import Superseded, TaskResult
 from seggpt_backend.service.store.kv import KV
 
 RESULT_TTL_S = 7 * 24 * 3600  # computed results are reused across requests for a week
@@ -82,11 +81,6 @@ class Pending:
         )
 
 
-def delivered_version(entry: Mapping[str, Any], fallback: str) -> str:
-    """The model version Label Studio will store for ``entry``: the one it was computed with."""
-    return str(entry.get("model_version") or fallback)
-
-
 class ResultStore:
     """Finished task results keyed by project, model version and task id (see module docstring)."""
 
@@ -97,17 +91,19 @@ class ResultStore:
     def _key(kind: str, project: str, model_version: str, task_id: int) -> str:
         return f"{kind}:{project}:{model_version}:{task_id}"
 
-    def put(self, project: str, model_version: str, task_id: int, entry: Mapping[str, Any]) -> None:
-        """Store a prediction entry (or ``{"error": msg}``, kept only briefly)."""
-        ttl = ERROR_TTL_S if "error" in entry else RESULT_TTL_S
-        self.kv.set(self._key("res", project, model_version, task_id), json.dumps(entry), ex=ttl)
+    def put(self, project: str, model_version: str, task_id: int, result: TaskResult) -> None:
+        """Store a task's result (a failure is kept only briefly, so a later request retries)."""
+        ttl = RESULT_TTL_S if result.ok else ERROR_TTL_S
+        self.kv.set(self._key("res", project, model_version, task_id), json.dumps(result.to_json()), ex=ttl)
 
-    def get_many(
-        self, project: str, model_version: str, task_ids: Sequence[int]
-    ) -> dict[int, dict[str, Any]]:
-        """Stored entries for the given tasks (tasks without one are absent from the dict)."""
+    def get_many(self, project: str, model_version: str, task_ids: Sequence[int]) -> dict[int, TaskResult]:
+        """Stored results for the given tasks (tasks without one are absent from the dict)."""
         raw = self.kv.mget([self._key("res", project, model_version, t) for t in task_ids])
-        return {t: json.loads(v) for t, v in zip(task_ids, raw, strict=True) if v is not None}
+        return {
+            t: TaskResult.from_json(json.loads(v))
+            for t, v in zip(task_ids, raw, strict=True)
+            if v is not None
+        }
 
     def forget(self, project: str, model_version: str, task_id: int) -> None:
         """Drop a stored entry (used for stale failures before a retry)."""
@@ -150,12 +146,12 @@ class ResultStore:
         return sorted(out, key=lambda p: p.since)
 
     # Interactive answers are per request, never cached under the model version.
-    def put_interactive(self, request_id: str, entry: Mapping[str, Any]) -> None:
-        self.kv.set(f"ires:{request_id}", json.dumps(entry), ex=ERROR_TTL_S)
+    def put_interactive(self, request_id: str, result: TaskResult) -> None:
+        self.kv.set(f"ires:{request_id}", json.dumps(result.to_json()), ex=ERROR_TTL_S)
 
-    def get_interactive(self, request_id: str) -> dict[str, Any] | None:
+    def get_interactive(self, request_id: str) -> TaskResult | None:
         raw = self.kv.get(f"ires:{request_id}")
-        return None if raw is None else json.loads(raw)
+        return None if raw is None else TaskResult.from_json(json.loads(raw))
 
     def notify(self, channel: str, task_ids: Sequence[int | str]) -> None:
         """Wake the HTTP request waiting on ``channel`` (a list it BLPOPs)."""
