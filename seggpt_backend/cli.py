@@ -27,15 +27,13 @@ def _segment(args: argparse.Namespace, settings: Settings) -> int:
     from seggpt_backend.engine.images import ImageError, load_image, load_image_and_size
     from seggpt_backend.model.checkpoint import CheckpointError
 
-    images, masks = [], []
     try:
-        for image_path, mask_path in args.prompt:
-            image = load_image(image_path, target_size=None, max_pixels=settings.max_image_pixels)
-            mask = load_image(mask_path, target_size=None, max_pixels=settings.max_image_pixels)
-            if mask.shape[:2] != image.shape[:2]:
-                mask = np.asarray(Image.fromarray(mask).resize(image.shape[1::-1], Image.Resampling.NEAREST))
-            images.append(image)
-            masks.append(mask)
+        images = [
+            load_image(p, target_size=None, max_pixels=settings.max_image_pixels) for p, _ in args.prompt
+        ]
+        masks, colours = _prompt_masks(
+            [m for _, m in args.prompt], [i.shape[:2] for i in images], settings.max_image_pixels
+        )
         engine = load_engine(
             args.weights or settings.seggpt_weights,
             device=args.device,
@@ -45,7 +43,6 @@ def _segment(args: argparse.Namespace, settings: Settings) -> int:
     except (ImageError, CheckpointError) as exc:  # a bad prompt or weights spec: no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    masks, colours = _prompt_classes(masks)
     prompts = engine.prepare_prompts(images, masks, ensemble=args.ensemble)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -75,25 +72,49 @@ def _segment(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failures else 0
 
 
-def _prompt_classes(masks: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray | None]:
-    """Turn the prompt mask files' ``(H, W, 3) uint8`` pixels into model prompts.
+def _prompt_masks(
+    paths: list[str], sizes: list[tuple[int, int]], max_pixels: int
+) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """Read the prompt mask files, each resized (nearest) to its image's ``(H, W)``.
 
     Grey masks (every pixel's channels within 48 levels, which covers JPEG noise and
-    anti-aliased edges) are binary: foreground above half of the brightest level, so 0/255
-    and 0/1 masks both work; returns ``(H, W) bool`` masks and ``None``. Colour masks are
-    multi-class: a colour is a class when it covers >= 0.2 % of the pixels and differs from
-    black and every more frequent class by > 48 (sum of ``|dRGB|``: above JPEG noise, below the
-    64 that separates VOC's class colours); every pixel is snapped to the nearest of black and
-    the classes. Returns the snapped masks and the ``(n, 3)`` class colours, or binary masks
-    when only one class remains.
+    anti-aliased edges) are binary and follow :func:`~seggpt_backend.engine.images.load_mask`'s
+    rule (the one the service uses): returns ``(H, W) bool`` masks and ``None``. Colour masks are
+    multi-class (:func:`_colour_classes`): returns ``(H, W, 3) uint8`` snapped masks and the
+    ``(n, 3)`` class colours, or binary masks when only one class remains.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from seggpt_backend.engine.images import load_image, load_mask
+
+    def fit(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        if mask.shape[:2] == size:
+            return mask
+        resized = Image.fromarray(mask).resize((size[1], size[0]), Image.Resampling.NEAREST)
+        return np.asarray(resized)
+
+    pixels = [
+        fit(load_image(p, target_size=None, max_pixels=max_pixels), s)
+        for p, s in zip(paths, sizes, strict=True)
+    ]
+    flat = np.concatenate([m.reshape(-1, 3) for m in pixels]).astype(np.int16)
+    if int((flat.max(axis=1) - flat.min(axis=1)).max()) <= 48:
+        return [fit(load_mask(p, max_pixels=max_pixels), s) for p, s in zip(paths, sizes, strict=True)], None
+    return _colour_classes(pixels)
+
+
+def _colour_classes(masks: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """Multi-class prompts from colour masks (``(H, W, 3) uint8``).
+
+    A colour is a class when it covers >= 0.2 % of the pixels and differs from black and every
+    more frequent class by > 48 (sum of ``|dRGB|``: above JPEG noise, below the 64 that separates
+    VOC's class colours); every pixel is snapped to the nearest of black and the classes. Returns
+    the snapped masks and the ``(n, 3)`` class colours, or binary masks when only one class remains.
     """
     import numpy as np
 
     pixels = np.concatenate([m.reshape(-1, 3) for m in masks]).astype(np.int16)
-    if int((pixels.max(axis=1) - pixels.min(axis=1)).max()) <= 48:
-        grey = [m.astype(np.float32).mean(axis=2) for m in masks]
-        top = max(float(g.max()) for g in grey)
-        return [g > top / 2 if top > 0 else g > 0 for g in grey], None
     values, counts = np.unique(pixels, axis=0, return_counts=True)
     accepted = [np.zeros(3, np.int16)]
     for i in np.argsort(-counts):

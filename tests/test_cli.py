@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from seggpt_backend.cli import _prompt_classes, main
+from seggpt_backend.cli import _prompt_masks, main
 from seggpt_backend.engine.engine import load_engine
-from seggpt_backend.engine.images import load_image
+from seggpt_backend.engine.images import load_image, load_mask
 from tests.fixtures import (
     jpeg_with_exif_orientation,
     non_image_file,
@@ -136,24 +136,34 @@ def test_jpeg_prompt_masks_are_not_read_as_hundreds_of_classes(tmp_path, prompt)
     assert all(min(np.abs(c - ref).sum() for ref in ((0, 0, 0), RED, GREEN)) <= 48 for c in colours)
 
 
-def test_prompt_classes_rules():
-    """The prompt-mask reading rule: grey -> binary (0/1 too), colours -> snapped classes."""
+def test_prompt_mask_rules(tmp_path):
+    """Grey masks follow load_mask's rule (0/1 and 0/255 alike, resized to the image); colour
+    masks become snapped classes."""
     fg = np.zeros((20, 30), bool)
     fg[5:15, 10:25] = True
-    zero_one = np.repeat(fg.astype(np.uint8)[:, :, None], 3, 2)
-    masks, colours = _prompt_classes([zero_one])
+
+    def saved(name: str, pixels: np.ndarray) -> str:
+        path = tmp_path / name
+        Image.fromarray(pixels).save(path)
+        return str(path)
+
+    zero_one = saved("01.png", fg.astype(np.uint8))
+    grey = saved("grey.png", fg.astype(np.uint8) * 255)
+    masks, colours = _prompt_masks([zero_one, grey], [(20, 30), (40, 60)], 10**8)
     assert colours is None and np.array_equal(masks[0], fg)
+    assert masks[1].shape == (40, 60) and np.array_equal(masks[1][::2, ::2], fg)
+    assert np.array_equal(masks[0], load_mask(zero_one))  # the service's rule, not a second one
 
     single = np.zeros((20, 30, 3), np.uint8)
     single[fg] = (200, 30, 40)
-    masks, colours = _prompt_classes([single])
+    masks, colours = _prompt_masks([saved("single.png", single)], [(20, 30)], 10**8)
     assert colours is None and np.array_equal(masks[0], fg)
 
     two = np.zeros((20, 30, 3), np.uint8)
     two[fg] = RED
     two[:3] = GREEN
     two[10, 12] = (230, 20, 10)  # a stray near-red pixel snaps to red
-    masks, colours = _prompt_classes([two])
+    masks, colours = _prompt_masks([saved("two.png", two)], [(20, 30)], 10**8)
     assert colours is not None and {tuple(c) for c in colours} == {RED, GREEN}
     assert tuple(masks[0][10, 12]) == RED
 

@@ -34,7 +34,6 @@ __all__ = [
     "LabelConfig",
     "LabelConfigError",
     "LabelDef",
-    "LabelTarget",
     "SmartControl",
     "parse_label_config",
 ]
@@ -123,17 +122,6 @@ class SmartControl:
 
 
 @dataclass(frozen=True)
-class LabelTarget:
-    """Where one label's predictions go: the ``from_name``/``to_name`` pair of its result."""
-
-    label: str
-    from_name: str
-    to_name: str
-    image_key: str
-    label_def: LabelDef
-
-
-@dataclass(frozen=True)
 class LabelConfig:
     """The parts of a labelling config the backend uses (see module docstring)."""
 
@@ -141,40 +129,6 @@ class LabelConfig:
     brush_controls: tuple[BrushControl, ...]
     smart_tools: tuple[SmartControl, ...] = ()
     plain_brushes: tuple[str, ...] = field(default=())
-
-    @property
-    def labels(self) -> tuple[LabelTarget, ...]:
-        """Every BrushLabels label with its (from_name, to_name), in config order."""
-        return tuple(
-            LabelTarget(d.name, c.name, c.to_name, c.image_key, d)
-            for c in self.brush_controls
-            for d in c.label_defs
-        )
-
-    def label_map(self) -> dict[str, tuple[str, str]]:
-        """``{label: (from_name, to_name)}``; a label present in several controls maps to the first."""
-        out: dict[str, tuple[str, str]] = {}
-        for t in self.labels:
-            out.setdefault(t.label, (t.from_name, t.to_name))
-        return out
-
-    def targets_for(self, label: str) -> tuple[LabelTarget, ...]:
-        """All BrushLabels labels whose value or alias is ``label`` (empty if none)."""
-        return tuple(t for t in self.labels if t.label_def.matches(label))
-
-    def image(self, name: str) -> ImageObject:
-        for img in self.images:
-            if img.name == name:
-                return img
-        raise KeyError(name)
-
-    @property
-    def has_keypoints(self) -> bool:
-        return any(s.kind == "keypoint" for s in self.smart_tools)
-
-    @property
-    def has_rectangles(self) -> bool:
-        return any(s.kind == "rectangle" for s in self.smart_tools)
 
     def describe(self) -> str:
         """A short human-readable summary (for logs and ``/setup`` diagnostics)."""

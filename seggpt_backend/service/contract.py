@@ -69,9 +69,11 @@ def parse_targets(label_config: str) -> list[Target]:
         for c in config.brush_controls
     ]
     if not targets:
+        found = config.describe()
         raise ConfigUnsupported(
             "unsupported labelling config: SegGPT predicts brush masks, so the config needs a "
             '<BrushLabels name="..." toName="<Image name>"> with at least one <Label>'
+            + (f"; it has: {'; '.join(found.splitlines())}" if found else "")
         )
     return targets
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 Value = bytes | str | int | float
@@ -249,8 +249,3 @@ class MemoryKV:
                 if left <= 0:
                     return None
                 self._cond.wait(left)
-
-
-def decode_all(values: Iterable[bytes | None]) -> list[str | None]:
-    """UTF-8 decode a sequence of optional byte strings."""
-    return [None if v is None else v.decode() for v in values]
