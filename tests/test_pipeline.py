@@ -109,7 +109,7 @@ def test_labels_without_examples_are_skipped_with_a_message(engine) -> None:
     )
 
 
-def test_engine_failure_on_one_request_fails_only_that_task(engine) -> None:
+def test_engine_failure_on_one_request_fails_only_that_task(engine, caplog) -> None:
     class Flaky:
         model_version = engine.model_version
 
@@ -130,6 +130,9 @@ def test_engine_failure_on_one_request_fails_only_that_task(engine) -> None:
     )
     assert "segmentation failed: RuntimeError: CUDA error" in (out.entries[1].error or "")
     assert out.entries[2].ok
+    # The swallowed exception is logged with its traceback, not only its message.
+    failed = [r for r in caplog.records if "task 1: segmentation failed" in r.getMessage()]
+    assert failed and failed[0].exc_info is not None
 
 
 def test_interactive_prompt_returns_only_its_label_refined(engine) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from seggpt_backend.labelstudio.client import LabelStudioError
 from seggpt_backend.service.contract import Superseded, superseded_ids
 from seggpt_backend.service.store.metrics import Metrics
 from seggpt_backend.service.store.results import Pending, ResultStore
@@ -112,7 +113,11 @@ class Delivery:
         except Exception as exc:
             self.results.release(project, version, task_id)
             self.metrics.inc("seggpt_writeback_failures_total")
-            log.warning("task %s: writing the prediction back failed (will retry): %s", task_id, exc)
+            # An API refusal is expected now and then; anything else is a bug: keep its trace.
+            trace = None if isinstance(exc, LabelStudioError) else exc
+            log.warning(
+                "task %s: writing the prediction back failed (will retry): %s", task_id, exc, exc_info=trace
+            )
             return False
         self.results.settle(project, model_version, task_id)
         self.metrics.inc("seggpt_predictions_served_total", channel="writeback")

@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from seggpt_backend.engine.images import ImageError
 from seggpt_backend.engine.interface import Engine, Example, MaskPrediction, SegmentRequest
+from seggpt_backend.labelstudio.client import LabelStudioError
 from seggpt_backend.service.contract import JobTask, Prompt, Target, TaskResult
 from seggpt_backend.service.errors import ExampleError
 from seggpt_backend.service.jobs.materialize import Materialized, Materializer
@@ -28,6 +30,8 @@ from seggpt_backend.service.store.examples import ExampleRecord
 
 log = logging.getLogger(__name__)
 
+# What a bad, missing or oversized image raises; anything else is logged with its traceback.
+EXPECTED_IMAGE_ERRORS: tuple[type[Exception], ...] = (ImageError, LabelStudioError)
 LoadedImage = tuple[np.ndarray, tuple[int, int]]  # (pixels (h, w, 3) uint8, original (H, W))
 ImageLoader = Callable[[str, int], "Future[LoadedImage]"]
 
@@ -239,6 +243,8 @@ class ChunkRunner:
                     units.append(Unit(task.id, t, pixels, size))
                 except Exception as exc:
                     problems.append(f"task {task.id}: image {task.images.get(t.data_key)!r}: {exc}")
+                    if not isinstance(exc, EXPECTED_IMAGE_ERRORS):  # a bug, not a bad image: keep the trace
+                        log.error("task %s: unexpected error loading its image", task.id, exc_info=exc)
             if problems and len(units) == before:
                 out.entries[task.id] = TaskResult.failure("; ".join(problems))
                 log.warning("%s", "; ".join(problems))
@@ -296,7 +302,7 @@ def _segment(
             _fail(out, task_ids[todo[0]], exc)
             results[todo[0]] = None
             return results
-        log.warning("engine failed on a batch of %d (%s); retrying one by one", len(todo), exc)
+        log.warning("engine failed on a batch of %d; retrying one by one", len(todo), exc_info=exc)
     for i in todo:
         try:
             results[i] = engine.segment([requests[i]], **kwargs)[0]  # type: ignore[arg-type]
@@ -308,5 +314,5 @@ def _segment(
 
 def _fail(out: ChunkOutcome, task_id: int, exc: BaseException) -> None:
     msg = f"task {task_id}: segmentation failed: {type(exc).__name__}: {exc}"
-    log.error("%s", msg)
+    log.error("%s", msg, exc_info=exc)  # a model failure is a bug or a resource limit: keep the trace
     out.entries[task_id] = TaskResult.failure(msg)
