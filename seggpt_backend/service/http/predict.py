@@ -37,6 +37,7 @@ import hashlib
 import logging
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from seggpt_backend.service.contract import (
@@ -89,6 +90,29 @@ def predict_job(
         prompt=prompt,
         writeback=writeback,
     )
+
+
+@dataclass
+class BatchCall:
+    """One batch ``/predict`` call: what it asks for and how far it got.
+
+    ``tasks``: the distinct tasks, in request order. Every task ends in exactly one of
+    ``answers`` (its answer item: a prediction dict or ``[]``), ``found`` (a stored result, not
+    yet claimed) or ``pending`` (not computed yet). ``messages``: notes for Label Studio, each once.
+    """
+
+    project: str
+    version: str
+    targets: list[Target]
+    tasks: dict[int, Task]
+    answers: dict[int, Any] = field(default_factory=dict)
+    found: dict[int, TaskResult] = field(default_factory=dict)
+    pending: list[int] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+    def note(self, message: str) -> None:
+        if message not in self.messages:
+            self.messages.append(message)
 
 
 class Predictor:
@@ -151,131 +175,126 @@ class Predictor:
 
     # ------------------------------------------------------------------ batch
     def _batch(
-        self,
-        project: str,
-        version: str,
-        targets: list[Target],
-        tasks: list[Task],
-        started: float,
-        workers: int,
-        problem: str | None,
-    ) -> dict[str, Any]:
-        answers: dict[int, Any] = {}
-        messages: list[str] = []
+        self, project: str, version: str, targets: list[Target], tasks: list[Task], started: float,
+        workers: int, problem: str | None,
+    ) -> dict[str, Any]:  # fmt: skip
         unique: dict[int, Task] = {}
         for t in tasks:
             unique.setdefault(t.id, t)
+        call = BatchCall(project, version, targets, unique)
         for tid, t in unique.items():
             if existing_prediction(t, version) is not None:
-                answers[tid] = []  # Label Studio has it already: do not store a duplicate
-        pending = [tid for tid in unique if tid not in answers]
-        found = self._finished(project, version, pending, messages, retry_errors=True)
-        pending = [tid for tid in pending if tid not in found]
-
-        if pending and self._no_examples_for_sure(project):
-            messages.append(
-                f"project {project}: no examples yet; annotate at least one image with brush labels "
-                "(every accepted annotation becomes an example)"
-            )
-            for tid in pending:
-                # An empty prediction is a prediction too: one per task and version.
-                claimed = self.rt.results.claim(project, version, tid)
-                answers[tid] = {"result": [], "score": 0.0, "model_version": version} if claimed else []
-            pending = []
+                call.answers[tid] = []  # Label Studio has it already: do not store a duplicate
+        call.pending = [tid for tid in unique if tid not in call.answers]
+        self._collect(call, retry_errors=True)
+        if call.pending and self._no_examples_for_sure(project):
+            self._answer_empty(call)
 
         channel = uuid.uuid4().hex
-        results = self.rt.results
-        if pending:
-            results.hold_waiter(channel)
-        queue = "interactive" if len(pending) == 1 else "batch"
-        chunk = max(1, self.s.chunk_size)
-        for i in range(0, len(pending), chunk):
-            part = [unique[tid] for tid in pending[i : i + chunk]]
-            job = predict_job(
-                project=project,
-                model_version=version,
-                targets=targets,
-                tasks=part,
-                channel=channel,
-                queue=queue,
-            )
-            job_id = self.rt.queue.enqueue(queue, job, job_id=self._job_id(project, version, part))
-            self.rt.track(queue, job, job_id)
-
+        if call.pending:
+            self.rt.results.hold_waiter(channel)
+        self._enqueue(call, channel)
         deadline = started + self.s.predict_budget_s
-        if workers == 0 and problem != "model loading" and pending:
-            messages.append(f"{problem}; predictions will be written back when a worker computes them")
+        if workers == 0 and problem != "model loading" and call.pending:
+            call.note(f"{problem}; predictions will be written back when a worker computes them")
             deadline = time.monotonic()  # nobody will answer in time: do not hold Label Studio
-        while pending and time.monotonic() < deadline:
-            results.wait(channel, min(POLL_S, max(0.01, deadline - time.monotonic())))
-            results.hold_waiter(channel)
-            found.update(self._finished(project, version, pending, messages))
-            pending = [tid for tid in pending if tid not in found]
-        if pending or found:
+        while call.pending and time.monotonic() < deadline:
+            self.rt.results.wait(channel, min(POLL_S, max(0.01, deadline - time.monotonic())))
+            self.rt.results.hold_waiter(channel)
+            self._collect(call)
+        if call.pending or call.found:
             # Stop waiting first, then look once more: a result stored before the lease ended is
             # seen here, one stored after it is written back by its worker (delivery module).
-            results.release_waiter(channel)
-            found.update(self._finished(project, version, pending, messages))
-            pending = [tid for tid in pending if tid not in found]
+            self.rt.results.release_waiter(channel)
+            self._collect(call)
+        self._claim_found(call)
 
-        answered: list[int] = []
-        for tid, entry in found.items():
-            if not entry.ok:
-                answers[tid] = []
-                continue
-            if results.claim(project, entry.delivered_version(version), tid):
-                answers[tid] = entry.prediction(version)
-                answered.append(tid)
-            else:
-                answers[tid] = []  # written back, or answered by a concurrent request already
-            results.settle(project, version, tid)
-        self.rt.delivered(project, version, answered)
-        self._replace_superseded(project, [(unique[tid], answers[tid]["model_version"]) for tid in answered])
-        for tid in pending:
-            answers[tid] = []
-        if pending:
-            messages.append(
-                f"{len(pending)} task(s) did not finish within {self.s.predict_budget_s:g} s; their predictions "
-                f"will be written back to Label Studio when ready (tasks {pending[:20]}"
-                f"{'...' if len(pending) > 20 else ''})"
+        left = call.pending
+        for tid in left:
+            call.answers[tid] = []
+        if left:
+            call.note(
+                f"{len(left)} task(s) did not finish within {self.s.predict_budget_s:g} s; their predictions "
+                f"will be written back to Label Studio when ready (tasks {left[:20]}{'...' if len(left) > 20 else ''})"
             )
-            log.info("project %s: %d task(s) left for write-back", project, len(pending))
-
-        served = sum(1 for a in answers.values() if isinstance(a, dict))
+            log.info("project %s: %d task(s) left for write-back", project, len(left))
+        served = sum(1 for a in call.answers.values() if isinstance(a, dict))
         if served:
             self.rt.metrics.inc("seggpt_predictions_served_total", served, channel="response")
         # Re-read: a worker may have published its engine version while this request waited.
         current = self.rt.model_version(project)
-        return {"results": [answers[t.id] for t in tasks], "model_version": current, "messages": messages}
+        return {
+            "results": [call.answers[t.id] for t in tasks],
+            "model_version": current,
+            "messages": call.messages,
+        }
 
-    def _finished(
-        self,
-        project: str,
-        version: str,
-        pending: list[int],
-        messages: list[str],
-        *,
-        retry_errors: bool = False,
-    ) -> dict[int, TaskResult]:
-        """Stored results of ``pending`` tasks (not yet claimed); failures add their message.
+    def _collect(self, call: BatchCall, *, retry_errors: bool = False) -> None:
+        """Move stored results of pending tasks to ``found``; failures and notes add messages.
 
         ``retry_errors``: a failure stored by an earlier request is dropped so the task is computed
         again (the image may have been fixed) instead of being answered with the old error.
         """
-        if not pending:
-            return {}
-        out: dict[int, TaskResult] = {}
-        for tid, entry in self.rt.results.get_many(project, version, pending).items():
+        if not call.pending:
+            return
+        for tid, entry in self.rt.results.get_many(call.project, call.version, call.pending).items():
             if entry.error is not None:
                 if retry_errors:
-                    self.rt.results.forget(project, version, tid)
+                    self.rt.results.forget(call.project, call.version, tid)
                     continue
-                messages.append(entry.error)
+                call.note(entry.error)
             for m in entry.messages:
-                if m not in messages:
-                    messages.append(m)
-            out[tid] = entry
-        return out
+                call.note(m)
+            call.found[tid] = entry
+        call.pending = [tid for tid in call.pending if tid not in call.found]
+
+    def _answer_empty(self, call: BatchCall) -> None:
+        """No example exists nor can arrive: every pending task gets an empty prediction now."""
+        call.note(
+            f"project {call.project}: no examples yet; annotate at least one image with brush labels "
+            "(every accepted annotation becomes an example)"
+        )
+        for tid in call.pending:
+            # An empty prediction is a prediction too: one per task and version.
+            claimed = self.rt.results.claim(call.project, call.version, tid)
+            call.answers[tid] = {"result": [], "score": 0.0, "model_version": call.version} if claimed else []
+        call.pending = []
+
+    def _enqueue(self, call: BatchCall, channel: str) -> None:
+        """Pending tasks in chunks; a single task goes to the interactive queue (someone waits)."""
+        queue = "interactive" if len(call.pending) == 1 else "batch"
+        chunk = max(1, self.s.chunk_size)
+        for i in range(0, len(call.pending), chunk):
+            part = [call.tasks[tid] for tid in call.pending[i : i + chunk]]
+            job = predict_job(
+                project=call.project,
+                model_version=call.version,
+                targets=call.targets,
+                tasks=part,
+                channel=channel,
+                queue=queue,
+            )
+            job_id = self.rt.queue.enqueue(queue, job, job_id=self._job_id(call.project, call.version, part))
+            self.rt.track(queue, job, job_id)
+
+    def _claim_found(self, call: BatchCall) -> None:
+        """Answer each found result whose delivery claim this request wins (see the delivery module)."""
+        results = self.rt.results
+        answered: list[int] = []
+        for tid, entry in call.found.items():
+            if not entry.ok:
+                call.answers[tid] = []
+                continue
+            if results.claim(call.project, entry.delivered_version(call.version), tid):
+                call.answers[tid] = entry.prediction(call.version)
+                answered.append(tid)
+            else:
+                call.answers[tid] = []  # written back, or answered by a concurrent request already
+            results.settle(call.project, call.version, tid)
+        self.rt.delivered(call.project, call.version, answered)
+        self._replace_superseded(
+            call.project, [(call.tasks[tid], call.answers[tid]["model_version"]) for tid in answered]
+        )
 
     def _replace_superseded(self, project: str, delivered: list[tuple[Task, str]]) -> None:
         """Queue the deletion of this backend's older predictions of tasks answered just now.
