@@ -7,11 +7,15 @@ which a worker serves before ``batch``; a worker finishes its current job first,
 part of the latency is bounded by one batch job (``SEGGPT_CHUNK_SIZE`` tasks). With
 ``--dedicated``, a second worker listens only to ``interactive``.
 
-Model: the tiny random-weight SegGPT (``random:tiny``) on CPU, so the numbers show the queueing
-and protocol overhead, not ViT-L compute. Images: synthetic 480 x 640 PNGs served from loopback.
+``--concurrency 10 50``: for each level, a fresh batch is started and N simulated annotators
+click concurrently while it runs, each sending ``--clicks`` interactive requests with
+``--think-s`` seconds between its answer and its next click (an annotator looks at the result).
+
+Model: ``--weights`` (default ``demo``, what the issue's targets use; ``random:tiny`` shows the
+queueing and protocol overhead alone) on CPU. Images: synthetic 480 x 640 PNGs from loopback.
 
     .venv/bin/python bench/interactive.py --batch-tasks 200 --requests 30
-    .venv/bin/python bench/interactive.py --dedicated --write bench/results_interactive.md
+    .venv/bin/python bench/interactive.py --dedicated --concurrency 10 50
 """
 
 from __future__ import annotations
@@ -83,8 +87,56 @@ def _interactive(client: httpx.Client, i: int) -> float:
     return elapsed
 
 
+def _concurrent(client: httpx.Client, args: argparse.Namespace, annotators: int, first_task: int) -> dict:
+    """``annotators`` clicking at once while a fresh batch of new tasks computes."""
+    body = predict_body(1, [(first_task + i, f"/data/upload/1/q{i}.png") for i in range(args.batch_tasks)])
+    batch_done = threading.Event()
+
+    def batch() -> None:
+        client.post("/predict", json=body, timeout=200)
+        batch_done.set()
+
+    threading.Thread(target=batch, daemon=True).start()
+    time.sleep(2.0)  # let the batch fill the queue and occupy the worker
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def annotator(a: int) -> None:
+        for c in range(args.clicks):
+            took = _interactive(client, first_task + 50_000 + a * args.clicks + c)
+            with lock:
+                latencies.append(took)
+            time.sleep(args.think_s)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=annotator, args=(a,)) for a in range(annotators)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    batch_running = not batch_done.is_set()
+    batch_done.wait(timeout=200)
+    _drain(args)
+    return {"latencies": latencies, "wall_s": wall, "batch_running_at_end": batch_running}
+
+
+def _drain(args: argparse.Namespace) -> None:
+    """Wait until the queues are empty (the previous level's batch must not overlap the next)."""
+    import redis
+
+    from seggpt_backend.service.store.queue import rq_queue_name
+
+    r = redis.Redis.from_url(redis_url(12))
+    deadline = time.monotonic() + args.writeback_wait_s
+    while time.monotonic() < deadline:
+        if all(r.llen(f"rq:queue:{rq_queue_name(args.prefix, q)}") == 0 for q in ("batch", "interactive")):
+            return
+        time.sleep(1.0)
+
+
 def run(args: argparse.Namespace) -> dict:
-    prefix = new_prefix()
+    prefix = args.prefix = new_prefix()
     images = ImageServer()
     for i in range(max(50, args.batch_tasks)):
         images.add(f"/data/upload/1/q{i}.png", png_bytes(scene(480, 640, seed=1000 + i)[0]))
@@ -96,7 +148,7 @@ def run(args: argparse.Namespace) -> dict:
         "PYTHONPATH": str(REPO),
         "REDIS_URL": redis_url(12),
         "SEGGPT_KEY_PREFIX": prefix,
-        "SEGGPT_WEIGHTS": "random:tiny",
+        "SEGGPT_WEIGHTS": args.weights,
         "SEGGPT_DEVICE": "cpu",
         "LABEL_STUDIO_URL": images.url,
         "LABEL_STUDIO_API_KEY": "bench",
@@ -202,6 +254,10 @@ def run(args: argparse.Namespace) -> dict:
         posted = {b["task"] for path, b in images.posted if path == "/api/predictions"}
         batch_out["written_back"] = len(posted)
         batch_out["writeback_done_s"] = batch_out.get("seconds", 0.0) + time.perf_counter() - wb_started
+        result["concurrent"] = {
+            n: _concurrent(client, args, n, first_task=100_000 * (k + 1))
+            for k, n in enumerate(args.concurrency)
+        }
         metrics = client.get("/metrics").text
         result.update(
             idle=idle,
@@ -243,18 +299,31 @@ def main() -> None:
     parser.add_argument("--logs", default="/tmp/seggpt-bench-interactive")
     parser.add_argument("--writeback-wait-s", type=float, default=600, help="max wait for write-backs")
     parser.add_argument("--json", action="store_true", help="print raw numbers as JSON")
+    parser.add_argument("--weights", default="demo", help="weights spec (demo, random:tiny, ...)")
+    parser.add_argument("--concurrency", type=int, nargs="*", default=[], help="annotators clicking at once")
+    parser.add_argument("--clicks", type=int, default=5, help="interactive requests per annotator")
+    parser.add_argument(
+        "--think-s", type=float, default=1.0, help="pause between an answer and the next click"
+    )
     args = parser.parse_args()
     res = run(args)
     mode = (
         "shared worker + dedicated interactive worker" if args.dedicated else "one worker (interactive,batch)"
     )
     lines = [
-        f"### {mode}, chunk size {args.chunk_size}, {args.batch_tasks}-task batch",
+        f"### {mode}, weights `{args.weights}`, chunk size {args.chunk_size}, {args.batch_tasks}-task batch",
         "",
         "| interactive requests | n | p50 ms | p99 ms | max ms |",
         "|---|---|---|---|---|",
         summary("idle deployment", res["idle"]),
         summary("while the batch runs", res["busy"]),
+        *(
+            summary(
+                f"{n} annotators at once{'' if c['batch_running_at_end'] else ' (batch ended first)'}",
+                c["latencies"],
+            )
+            for n, c in res.get("concurrent", {}).items()
+        ),
         "",
         "| protocol request (idle) | n | p50 ms | p99 ms | max ms |",
         "|---|---|---|---|---|",
