@@ -10,14 +10,14 @@ engine raises on the batch, the requests are retried one by one so only the culp
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from seggpt_backend.engine.interface import Engine, Example, MaskPrediction, SegmentRequest
+from seggpt_backend.engine.interface import Engine, Example, LearnedPrompt, MaskPrediction, SegmentRequest
 from seggpt_backend.service.contract import JobTask, Prompt, Target
 from seggpt_backend.service.errors import ExampleError
 from seggpt_backend.service.jobs.materialize import Materialized, Materializer
@@ -43,6 +43,16 @@ class Options:
     ensemble: str = "feature"
     seg_type: str = "instance"
     multilabel: str = "per-label"
+
+
+@dataclass(frozen=True, eq=False)
+class ServedPrompt:
+    """A promoted learned prompt as a worker serves it for one label: ``mode`` ``"ensemble"``
+    (with the retrieved examples) or ``"alone"``; ``version``: its prompt-store version."""
+
+    prompt: LearnedPrompt
+    mode: str
+    version: str
 
 
 @dataclass
@@ -128,11 +138,15 @@ def run_chunk(
     options: Options,
     prompt: Prompt | None = None,
     pool: ThreadPoolExecutor | None = None,
+    learned: Mapping[str, ServedPrompt] | None = None,
 ) -> ChunkOutcome:
     """Predict ``tasks`` (ids and ``{data_key: url}``); see the module docstring.
 
     With ``prompt`` (interactive), only the prompt's label on its control is predicted and refined.
+    ``learned``: the promoted learned prompt per label (only labels of ``targets`` are used, so
+    the prompt of a label removed from the config is ignored).
     """
+    learned = learned or {}
     out = ChunkOutcome()
     # With one BrushLabels control, examples match by label alone (survives a renamed control).
     picker = ExamplePicker(project, records, materializer, options, single_target=len(targets) == 1)
@@ -177,18 +191,22 @@ def run_chunk(
         qdesc = describe(pixels) if options.selection == "retrieval" else None
         labels = t.labels if prompt is None else (prompt.label,)
         examples: dict[str, list[Example]] = {}
+        extra: dict[str, LearnedPrompt] = {}
         for label in labels:
-            chosen = picker.pick(t, label, qdesc)
+            served = learned.get(label)
+            chosen = [] if served is not None and served.mode == "alone" else picker.pick(t, label, qdesc)
+            if served is not None:
+                extra[label] = served.prompt
             if chosen:
                 examples[label] = chosen
-            else:
+            elif served is None:
                 skipped.add(label)
-        requests.append(SegmentRequest(query=pixels, examples=examples, size=size))
+        requests.append(SegmentRequest(query=pixels, examples=examples, size=size, learned=extra))
     for label in sorted(skipped):
         msg = f"project {project}: label {label!r} skipped: no accepted annotation with a brush region for it yet"
         out.messages.append(msg)
         log.info("%s", msg)
-    if units and not any(r.examples for r in requests):
+    if units and not any(r.examples or r.learned for r in requests):
         out.messages.append(
             f"project {project}: no examples yet; annotate at least one image with brush labels "
             "(every accepted annotation becomes an example)"
@@ -223,7 +241,7 @@ def _segment(
     engine: Engine, requests: list[SegmentRequest], options: Options, task_ids: list[int], out: ChunkOutcome
 ) -> list[dict[str, MaskPrediction] | None]:
     """One engine call for all requests; if it raises, one call per request to isolate the failure."""
-    todo = [i for i, r in enumerate(requests) if r.examples]
+    todo = [i for i, r in enumerate(requests) if r.examples or r.learned]
     results: list[dict[str, MaskPrediction] | None] = [{} for _ in requests]
     if not todo:
         return results
