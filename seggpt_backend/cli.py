@@ -1,4 +1,5 @@
-"""``seggpt-backend`` command line: ``segment`` (try SegGPT on files), ``serve``, ``worker``.
+"""``seggpt-backend`` command line: ``segment`` (try SegGPT on files), ``serve``, ``worker``,
+``tune`` and ``prompts`` (the learning loop, :mod:`seggpt_backend.cli_learning`).
 
 Settings come from the environment (:class:`seggpt_backend.settings.Settings`); flags override.
 """
@@ -212,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     wrk.add_argument("--burst", action="store_true", help="exit once the queues are empty")
     wrk.set_defaults(func=_worker)
+
+    from seggpt_backend.cli_learning import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -43,6 +43,13 @@ MINIMUM: dict[str, float] = {
     "worker_heartbeat_s": 0.1,
     "max_body_bytes": 1024,
     "download_deadline_s": 0.1,  # seconds; must be > 0 (the client refuses 0)
+    "tune_steps": 1,
+    "tune_lr": 1e-6,
+    "tune_batch": 1,
+    "tune_budget_s": 1,
+    "tune_margin": -1,
+    "tune_every": 0,
+    "prompt_versions_kept": 1,
 }
 
 
@@ -96,6 +103,21 @@ class Settings:
     job_timeout_s: int = field(default=900, metadata={"env": "SEGGPT_JOB_TIMEOUT_S"})
     worker_heartbeat_s: float = field(default=15.0, metadata={"env": "SEGGPT_WORKER_HEARTBEAT_S"})
 
+    # Learning from corrections (in-context tuning, see service/jobs/tuning.py)
+    tune_steps: int = field(default=60, metadata={"env": "SEGGPT_TUNE_STEPS"})
+    tune_lr: float = field(default=0.01, metadata={"env": "SEGGPT_TUNE_LR"})
+    tune_batch: int = field(default=4, metadata={"env": "SEGGPT_TUNE_BATCH"})
+    # Wall-clock seconds one tuning run may spend optimising (all labels together).
+    tune_budget_s: float = field(default=300.0, metadata={"env": "SEGGPT_TUNE_BUDGET_S"})
+    # A tuned prompt is promoted only if its validation mIoU beats what is served by this much
+    # (in [-1, 1); a negative margin promotes even a slightly worse prompt: experiments only).
+    tune_margin: float = field(default=0.01, metadata={"env": "SEGGPT_TUNE_MARGIN"})
+    # Tune automatically after this many new or changed accepted annotations (0: never).
+    tune_every: int = field(default=0, metadata={"env": "SEGGPT_TUNE_EVERY"})
+    # Foreground/background loss balance in [0, 1]; -1: the weights' own (0.25 demo, else 0).
+    tune_fg_balance: float = field(default=-1.0, metadata={"env": "SEGGPT_TUNE_FG_BALANCE"})
+    prompt_versions_kept: int = field(default=10, metadata={"env": "SEGGPT_PROMPT_VERSIONS_KEPT"})
+
     # Misc
     model_dir: str = field(default="./model_dir", metadata={"env": "MODEL_DIR"})
     log_level: str = field(default="INFO", metadata={"env": "LOG_LEVEL"})
@@ -138,6 +160,12 @@ class Settings:
         for name, low in MINIMUM.items():
             if getattr(self, name) < low:
                 raise SettingsError(f"{env[name]}={getattr(self, name)!r}: must be at least {low:g}")
+        if self.tune_fg_balance > 1 or (self.tune_fg_balance < 0 and self.tune_fg_balance != -1):
+            raise SettingsError(
+                f"SEGGPT_TUNE_FG_BALANCE={self.tune_fg_balance!r}: use a value in [0, 1], or -1 for the weights' own"
+            )
+        if self.tune_margin >= 1:
+            raise SettingsError(f"SEGGPT_TUNE_MARGIN={self.tune_margin!r}: an IoU margin must be below 1")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
 

@@ -57,7 +57,7 @@ def test_rq_jobs_are_plain_json_and_deduplicated(rq_queue: RQJobQueue) -> None:
     payload = job.to_json()
     job_id = rq_queue.enqueue("batch", job, job_id="seggpt-predict-test1")
     assert rq_queue.enqueue("batch", job, job_id="seggpt-predict-test1") == job_id
-    assert rq_queue.depths() == {"interactive": 0, "batch": 1}
+    assert rq_queue.depths() == {"interactive": 0, "batch": 1, "tune": 0}
     assert rq_queue.status(job_id) == "queued" and rq_queue.status("nope") is None
     raw = rq_queue.connection.hget(f"rq:job:{job_id}", "data")
     func, _instance, args, kwargs = json.loads(zlib.decompress(raw))  # zlib-compressed JSON, not pickle
@@ -125,4 +125,5 @@ def test_job_functions_resolve_to_the_worker_entry_points() -> None:
         "predict": entry.predict_job,
         "sync": entry.sync_job,
         "prune": entry.prune_job,
+        "tune": entry.tune_job,
     }

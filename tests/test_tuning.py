@@ -36,3 +36,9 @@ def test_balance_without_background_is_refused() -> None:
     model, img, tgt, images, targets = _problem()
     with pytest.raises(ValueError, match="background"):
         tune_prompt(model, img, tgt, images, targets, steps=1, fg_balance=0.25)
+
+
+def test_a_time_budget_ends_tuning_after_the_step_in_progress() -> None:
+    model, img, tgt, images, targets = _problem()
+    assert len(tune_prompt(model, img, tgt, images, targets, steps=10**6, time_budget_s=0.0).losses) == 1
+    assert len(tune_prompt(model, img, tgt, images, targets, steps=4, time_budget_s=600).losses) == 4

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,10 +28,13 @@ from seggpt_backend.engine import processing as P
 from seggpt_backend.engine.interface import (
     EnsembleMode,
     Example,
+    LearnedPrompt,
     MaskPrediction,
     MultiLabelMode,
     SegmentRequest,
     SegType,
+    TuneOptions,
+    TuneOutcome,
 )
 from seggpt_backend.model.checkpoint import build_model
 from seggpt_backend.model.seggpt import SegGpt
@@ -188,6 +192,46 @@ class SegGptEngine:
         )
         return PromptSet(tuned.image[None], tuned.target[None]), tuned.losses
 
+    def tune(
+        self,
+        init: Example,
+        label: str,
+        pairs: Sequence[Example],
+        *,
+        options: TuneOptions,
+        seg_type: SegType = "instance",
+    ) -> TuneOutcome:
+        """See :meth:`seggpt_backend.engine.interface.TunableEngine.tune`. Uses the engine's
+        autocast dtype (bf16 on CUDA) and, on CUDA, activation checkpointing."""
+        if not pairs:
+            raise ValueError(f"tuning {label!r} needs at least one (image, mask) pair")
+        started = time.monotonic()
+        init_set = self._prompt_set([init], (label,), "none")
+        prepared = [self._prompt_set([e], (label,), "none") for e in pairs]
+        tuned = tune_prompt(
+            self.model,
+            init_set.images[0],
+            init_set.targets[0],
+            torch.cat([p.images for p in prepared]),
+            torch.cat([p.targets for p in prepared]),
+            steps=options.steps,
+            lr=options.lr,
+            batch_size=options.batch_size,
+            seg_type=seg_type,
+            autocast_dtype=self.autocast,
+            checkpointing=self.device.type == "cuda",
+            fg_balance=options.fg_balance,
+            background=P.normalize(np.zeros((1, 1, 3), np.uint8)).view(3),
+            time_budget_s=options.time_budget_s,
+            seed=options.seed,
+        )
+        prompt = LearnedPrompt(
+            id=f"tuned:{label}",
+            image=tuned.image.float().numpy().astype(np.float32, copy=False),
+            target=tuned.target.float().numpy().astype(np.float32, copy=False),
+        )
+        return TuneOutcome(prompt, tuned.losses, time.monotonic() - started)
+
     # ----------------------------------------------------------------- low level
     def paint(
         self,
@@ -281,6 +325,21 @@ class SegGptEngine:
 
         return self._cached(("tgt", ex.id, labels, colours.tobytes()), make)
 
+    def _learned_set(self, prompt: LearnedPrompt) -> PromptSet | None:
+        """The learned prompt as a k = 1 set (cached by id), or ``None`` when its size is not
+        this model's half size (a prompt tuned for other weights: ignored, with a warning)."""
+        if prompt.size != tuple(self.half_size):
+            log.warning(
+                "learned prompt %s is %s, not this model's %s: ignored",
+                prompt.id,
+                prompt.size,
+                self.half_size,
+            )
+            return None
+        image = self._cached(("learned-img", prompt.id), lambda: torch.from_numpy(prompt.image.copy()))
+        target = self._cached(("learned-tgt", prompt.id), lambda: torch.from_numpy(prompt.target.copy()))
+        return PromptSet(image[None], target[None])
+
     def _prompt_set(
         self, examples: Sequence[Example], labels: tuple[str, ...], ensemble: EnsembleMode
     ) -> PromptSet:
@@ -310,19 +369,34 @@ class SegGptEngine:
 
         ``per-label``: one binary (white-on-black) pass per label with that label's examples.
         ``palette``: one pass per query; the union of the examples, each label in its colour.
+        A label's learned prompt (``req.learned``) is the first item of its feature ensemble;
+        such labels always get their own pass (a learned prompt is white-on-black).
         """
         jobs: list[tuple[int, tuple[str, ...], _Group]] = []
         for index, req in enumerate(requests):
             query = P.preprocess_image(req.query, self.half_size)
             labelled = {label: list(exs) for label, exs in req.examples.items() if exs}
-            if multilabel == "palette" and len(labelled) > 1:
-                labels = tuple(sorted(labelled))
-                union = _interleave_unique(list(labelled.values()), max(map(len, labelled.values())))
+            learned = {
+                label: prepared
+                for label, prompt in req.learned.items()
+                if (prepared := self._learned_set(prompt)) is not None
+            }
+            plain = {label: exs for label, exs in labelled.items() if label not in learned}
+            single = list(learned)
+            if multilabel == "palette" and len(plain) > 1:
+                labels = tuple(sorted(plain))
+                union = _interleave_unique(list(plain.values()), max(map(len, plain.values())))
                 group = _Group(query, self._prompt_set(union, labels, ensemble))
                 jobs.append((index, labels, group))
             else:
-                for label, exs in labelled.items():
-                    jobs.append((index, (label,), _Group(query, self._prompt_set(exs, (label,), ensemble))))
+                single = list(dict.fromkeys([*plain, *learned]))
+            for label in single:
+                exs = labelled.get(label, [])
+                sets = [learned[label]] if label in learned else []
+                if exs:
+                    sets.append(self._prompt_set(exs, (label,), ensemble))
+                prompts = sets[0] if len(sets) == 1 else sets[0] + sets[1]
+                jobs.append((index, (label,), _Group(query, prompts)))
         self._run([g for _, _, g in jobs], seg_type)
         results: list[dict[str, MaskPrediction]] = [{} for _ in requests]
         for index, labels, group in jobs:

@@ -9,6 +9,7 @@ query half). The result is used exactly like an example and can join a feature e
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,7 @@ def tune_prompt(
     seed: int = 0,
     fg_balance: float = 0.0,
     background: Tensor | None = None,
+    time_budget_s: float | None = None,
 ) -> TunedPrompt:
     """Optimise a prompt so that the frozen ``model`` paints ``targets`` for ``images``.
 
@@ -51,7 +53,9 @@ def tune_prompt(
     larger rates than weights). The model's weights and ``requires_grad`` flags are left as
     they were; only the two prompt tensors change. ``fg_balance`` > 0 weights the loss with
     :func:`balanced_weight` (``background``: the ``(3,)`` normalised background colour): use the
-    balance the model was trained with (0 for the authors' weights).
+    balance the model was trained with (0 for the authors' weights). ``time_budget_s``: stop
+    after the step during which this many seconds of wall time have passed (``len(losses)``
+    tells how many steps ran; at least one always does).
     """
     if fg_balance > 0 and background is None:
         raise ValueError("fg_balance needs the normalised background colour")
@@ -73,8 +77,11 @@ def tune_prompt(
         if autocast_dtype is not None
         else contextlib.nullcontext()
     )
+    deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
     try:
         for _ in range(steps):
+            if deadline is not None and losses and time.monotonic() >= deadline:
+                break
             idx = torch.randperm(images.shape[0], generator=gen)[:batch_size].to(device)
             n = idx.numel()
             canvas_img = torch.cat([prompt_img.expand(n, -1, -1, -1), images[idx]], dim=2)

@@ -269,7 +269,54 @@ class PruneJob:
             raise ContractError(f"malformed prune job: {type(exc).__name__}: {exc}") from exc
 
 
-Job = PredictJob | SyncJob | PruneJob
+TuneTrigger = Literal["start-training", "train", "auto", "cli"]
+"""What asked for a tuning run: Label Studio's Start Training (``START_TRAINING`` webhook), the
+legacy ``POST /train``, the automatic trigger after N accepted annotations, the command line."""
+
+
+@dataclass(frozen=True)
+class TuneJob:
+    """Tune learned prompts for ``project`` from its accepted annotations (all its labels, or
+    only ``labels``), validate them and promote those that beat what is served
+    (:mod:`seggpt_backend.service.jobs.tuning`). ``requested_at``: Unix seconds."""
+
+    project: str
+    trigger: TuneTrigger
+    labels: tuple[str, ...] = ()
+    requested_at: float = field(default_factory=time.time)
+
+    kind = "tune"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": CONTRACT_VERSION,
+            "project": self.project,
+            "trigger": self.trigger,
+            "labels": list(self.labels),
+            "requested_at": self.requested_at,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> TuneJob:
+        _check_version(d)
+        try:
+            trigger = d.get("trigger", "train")
+            if trigger not in ("start-training", "train", "auto", "cli"):
+                raise ContractError(f"unknown tuning trigger {trigger!r}")
+            labels = d.get("labels") or []
+            if not isinstance(labels, list):
+                raise ContractError(f"tune job labels must be a list, not {type(labels).__name__}")
+            return cls(
+                project=str(d["project"]),
+                trigger=trigger,
+                labels=tuple(str(x) for x in labels),
+                requested_at=float(d.get("requested_at") or time.time()),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ContractError(f"malformed tune job: {type(exc).__name__}: {exc}") from exc
+
+
+Job = PredictJob | SyncJob | PruneJob | TuneJob
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@
              of the project's examples on first contact. 422 for an unsupported config.
 ``POST``     ``/predict``: see :mod:`seggpt_backend.service.http.predict`.
 ``POST``     ``/webhook``: see :mod:`seggpt_backend.service.http.webhooks`.
+``POST``     ``/train``: the legacy Start Training call (before webhooks): requests a tuning
+             run of the body's ``project`` (:mod:`seggpt_backend.service.http.training`).
 ===========  ===========================================================================
 
 ``operations``: ``GET /metrics`` (Prometheus text format).
@@ -22,8 +24,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from seggpt_backend.service.contract import parse_targets
+from seggpt_backend.service.errors import RequestError
 from seggpt_backend.service.http import predict as predict_mod
-from seggpt_backend.service.http import webhooks
+from seggpt_backend.service.http import training, webhooks
 from seggpt_backend.service.http.health import HealthMonitor, health_body
 from seggpt_backend.service.http.protocol import PredictRequest, SetupRequest, WebhookEvent, project_key
 from seggpt_backend.service.http.runtime import Runtime
@@ -81,6 +84,18 @@ def predict(body: PredictRequest, rt: Rt) -> dict[str, Any]:
 @protocol.post("/webhook")
 def webhook(body: WebhookEvent, rt: Rt) -> dict[str, Any]:
     return webhooks.handle(rt, body)
+
+
+@protocol.post("/train")
+def train(body: dict[str, Any], rt: Rt) -> dict[str, Any]:
+    """Legacy ``/train`` (``{"project": <id or {"id": ...}>, ...}``): queue a tuning run."""
+    raw = body.get("project")
+    if isinstance(raw, dict):
+        raw = raw.get("id")
+    if raw is None or isinstance(raw, bool) or not isinstance(raw, int | str):
+        raise RequestError(f"/train: the body needs a project id (field 'project'), got {raw!r}")
+    project = project_key(raw)
+    return {"status": "ok", "tuning": training.request_tuning(rt, project, trigger="train")}
 
 
 @operations.get("/metrics", response_class=PlainTextResponse)

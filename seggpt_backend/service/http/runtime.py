@@ -8,11 +8,14 @@ holds worker-side code the HTTP room does not import.
 
 Model version
 -------------
-``<engine version>.ex-<examples digest>``, e.g. ``seggpt-demo-3f2a1b.ex-9c0d4e5f61``. The engine
+``<engine version>.ex-<examples digest>[.pr-<prompts digest>]``, e.g.
+``seggpt-demo-3f2a1b.ex-9c0d4e5f61``. The engine
 part is what the most recently started worker published when it loaded its weights (key
 ``engine``); before any worker has, it is derived from ``SEGGPT_WEIGHTS``. The examples part
 changes whenever an example of the project is added, edited or deleted, so Label Studio's
-"Retrieve Predictions" recomputes tasks after the examples change, and only then.
+"Retrieve Predictions" recomputes tasks after the examples change, and only then. The prompts
+part appears once a tuning run promoted a learned prompt tuned for that engine version
+(:mod:`seggpt_backend.service.store.prompts`) and changes with every promotion or rollback.
 
 A prediction carries the version its worker computed it with (engine loaded, examples as used),
 not the one the request was enqueued under: a batch enqueued before any worker published its
@@ -32,6 +35,7 @@ from seggpt_backend.service.http.outstanding import Outstanding
 from seggpt_backend.service.store.examples import ExampleStore, compose_model_version
 from seggpt_backend.service.store.kv import KV, RedisKV
 from seggpt_backend.service.store.metrics import Metrics
+from seggpt_backend.service.store.prompts import PromptStore
 from seggpt_backend.service.store.queue import InProcessJobQueue, JobQueue, RQJobQueue
 from seggpt_backend.service.store.results import ResultStore
 from seggpt_backend.settings import Settings
@@ -56,12 +60,14 @@ class Runtime:
     examples: ExampleStore = field(init=False)
     results: ResultStore = field(init=False)
     metrics: Metrics = field(init=False)
+    prompts: PromptStore = field(init=False)
     outstanding: Outstanding | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.examples = ExampleStore(self.kv)
         self.results = ResultStore(self.kv)
         self.metrics = Metrics(self.kv)
+        self.prompts = PromptStore(self.kv, keep=self.settings.prompt_versions_kept)
         if not self.queue.embedded:
             # The in-process queue cannot lose a job without losing this process too.
             self.outstanding = Outstanding(self.queue, self.results)
@@ -80,7 +86,11 @@ class Runtime:
         # idle worker beats only every worker_ttl - 15 s, so a tighter bound drops live idle ones.
         live_s = max(30.0, 2 * settings.worker_heartbeat_s + 30)
         queue = RQJobQueue(
-            kv.client, settings.key_prefix, job_timeout_s=settings.job_timeout_s, live_s=live_s
+            kv.client,
+            settings.key_prefix,
+            job_timeout_s=settings.job_timeout_s,
+            live_s=live_s,
+            tune_timeout_s=int(settings.tune_budget_s * 2 + 600),
         )
         return cls(settings, kv, queue, health_kv=health)
 
@@ -104,7 +114,10 @@ class Runtime:
         return raw.decode() if raw else fallback_engine_version(self.settings.seggpt_weights)
 
     def model_version(self, project: str) -> str:
-        return compose_model_version(self.engine_version(), self.examples.digest(project))
+        engine = self.engine_version()
+        return compose_model_version(
+            engine, self.examples.digest(project), prompts=self.prompts.digest(project, engine)
+        )
 
     # ------------------------------------------------------------------ health
     def redis_status(self) -> str:

@@ -6,10 +6,12 @@ annotation's RLE and image URL) or enqueues a job:
 - ``ANNOTATION_CREATED`` / ``ANNOTATION_UPDATED``: the annotation becomes (or replaces) an example
   if it has brush regions and was not skipped; otherwise any earlier example from it is removed.
   The next prediction (on any worker) uses it: the record is in the shared store before the
-  webhook answers, and the model version changes with it.
+  webhook answers, and the model version changes with it. With ``SEGGPT_TUNE_EVERY`` = N > 0,
+  every N-th stored annotation also requests a tuning run (:mod:`.training`).
 - ``ANNOTATIONS_DELETED``: those examples are removed (with their cached pixels).
-- ``START_TRAINING`` ("Start Training" button): SegGPT needs no training; the project's
-  examples are re-synced from the Label Studio API in a queued job.
+- ``START_TRAINING`` ("Start Training" button): the project's examples are re-synced from the
+  Label Studio API, and a tuning run is requested: learned prompts are tuned from the accepted
+  annotations and promoted only if they beat what is served (:mod:`seggpt_backend.service.jobs.tuning`).
 - anything else (``TASKS_CREATED``, ``PROJECT_UPDATED``...): acknowledged, nothing to do (the
   label config is read from every request).
 """
@@ -24,6 +26,7 @@ from seggpt_backend.service.contract import SyncJob, parse_targets
 from seggpt_backend.service.errors import ConfigUnsupported, RequestError
 from seggpt_backend.service.http.protocol import WebhookEvent
 from seggpt_backend.service.http.runtime import Runtime
+from seggpt_backend.service.http.training import request_tuning
 from seggpt_backend.service.store.examples import record_from_annotation
 
 log = logging.getLogger(__name__)
@@ -91,12 +94,15 @@ def handle(rt: Runtime, event: WebhookEvent) -> dict[str, Any]:
             record.annotation_id,
             len(record.regions),
         )
-        return {
+        answer: dict[str, Any] = {
             "status": "ok",
             "action": event.action,
             "examples": rt.examples.count(project),
             "stored": True,
         }
+        if old != record.rev and rt.prompts.count_accepted(project, rt.settings.tune_every):
+            answer["tuning"] = request_tuning(rt, project, trigger="auto")
+        return answer
 
     if event.action == "ANNOTATIONS_DELETED":
         ids = [
@@ -118,13 +124,13 @@ def handle(rt: Runtime, event: WebhookEvent) -> dict[str, Any]:
         return {
             "status": "ok",
             "action": event.action,
-            "detail": "SegGPT learns from examples in context and needs no training; "
-            + (
+            "detail": (
                 "re-syncing the project's examples from Label Studio"
                 if job
-                else "LABEL_STUDIO_URL is not set, nothing to sync"
+                else "LABEL_STUDIO_URL is not set, examples come from webhooks only"
             ),
             "job": job,
+            "tuning": request_tuning(rt, project, trigger="start-training"),
         }
 
     return {"status": "ok", "action": event.action, "detail": "nothing to do for this event"}

@@ -1,8 +1,9 @@
 """Job entry points (what RQ calls by dotted path) and the per-process worker context.
 
 ``predict_job(payload)`` computes a chunk of tasks (or one interactive request) and stores the
-results; ``sync_job(payload)`` fills a project's examples from Label Studio. Both take one JSON
-payload (:class:`~seggpt_backend.service.contract.PredictJob` / ``SyncJob``) and use the process-wide
+results; ``sync_job(payload)`` fills a project's examples from Label Studio; ``tune_job(payload)``
+tunes, validates and maybe promotes learned prompts (:mod:`.tuning`). Each takes one JSON
+payload (:class:`~seggpt_backend.service.contract.PredictJob` / ``SyncJob`` / ``TuneJob``) and uses the process-wide
 :class:`WorkerContext` that :mod:`seggpt_backend.service.jobs.worker` installs after loading the engine once (in
 embedded mode, the server's in-process queue installs its own).
 
@@ -22,16 +23,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from seggpt_backend.engine.interface import Engine
-from seggpt_backend.service.contract import JobTask, PredictJob, PruneJob, SyncJob, TaskResult
+from seggpt_backend.engine.interface import Engine, LearnedPrompt, TuneOptions
+from seggpt_backend.service.contract import JobTask, PredictJob, PruneJob, SyncJob, TaskResult, TuneJob
 from seggpt_backend.service.jobs import sync
 from seggpt_backend.service.jobs.delivery import Delivery
 from seggpt_backend.service.jobs.materialize import Materializer
-from seggpt_backend.service.jobs.pipeline import Chunk, ChunkRunner, Options
+from seggpt_backend.service.jobs.pipeline import Chunk, ChunkRunner, Options, ServedPrompt
 from seggpt_backend.service.jobs.prefetch import ImagePrefetcher
+from seggpt_backend.service.jobs.tuning import Tuner, TuningPolicy, run_summary
 from seggpt_backend.service.store.examples import ExampleStore, compose_model_version
 from seggpt_backend.service.store.kv import KV
 from seggpt_backend.service.store.metrics import Metrics
+from seggpt_backend.service.store.prompts import PromptStore, TuneRun
 from seggpt_backend.service.store.results import ResultStore
 from seggpt_backend.settings import Settings
 
@@ -54,14 +57,18 @@ class WorkerContext:
     materializer: Materializer = field(init=False)
     prefetcher: ImagePrefetcher = field(init=False)
     delivery: Delivery = field(init=False)
+    prompts: PromptStore = field(init=False)
     _engine: Engine | None = field(default=None, init=False)
     _runner: ChunkRunner | None = field(default=None, init=False)
+    # (project, version) -> the prompt's arrays, read from the KV once per worker.
+    _learned: dict[tuple[str, str], LearnedPrompt] = field(default_factory=dict, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
         self.examples = ExampleStore(self.kv)
         self.results = ResultStore(self.kv)
         self.metrics = Metrics(self.kv)
+        self.prompts = PromptStore(self.kv, keep=self.settings.prompt_versions_kept)
         self.materializer = Materializer(self.kv, self.fetch, max_pixels=self.settings.max_image_pixels)
         self.prefetcher = ImagePrefetcher(
             self.fetch, max_pixels=self.settings.max_image_pixels, keep=max(16, 4 * self.settings.chunk_size)
@@ -104,8 +111,55 @@ class WorkerContext:
             self.kv.hset("engine", {"version": self._engine.model_version, "loaded_at": repr(time.time())})
 
     def model_version(self, project: str) -> str:
-        """The version this worker predicts ``project`` with now (its engine, current examples)."""
-        return compose_model_version(self.engine.model_version, self.examples.digest(project))
+        """The version this worker predicts ``project`` with now (its engine, current examples,
+        the promoted prompts tuned for its engine)."""
+        engine = self.engine.model_version
+        return compose_model_version(
+            engine, self.examples.digest(project), prompts=self.prompts.digest(project, engine)
+        )
+
+    def served_prompts(self, project: str) -> dict[str, ServedPrompt]:
+        """``{label: prompt}`` of the promoted prompts this worker's engine may serve.
+
+        Only prompts tuned for the loaded engine's version; the arrays are read once per
+        (project, version) and kept (a new promotion is a new version). A prompt whose tensors
+        are missing or unreadable is left out (logged) and examples alone are served.
+        """
+        out: dict[str, ServedPrompt] = {}
+        for label, meta in self.prompts.served(project, self.engine.model_version).items():
+            key = (project, meta.version)
+            prompt = self._learned.get(key)
+            if prompt is None:
+                try:
+                    image, target = self.prompts.load(project, meta.version)
+                    prompt = LearnedPrompt(f"prompt:{project}:{meta.version}", image, target)
+                except (KeyError, ValueError) as exc:
+                    log.warning("project %s: learned prompt for %r not served: %s", project, label, exc)
+                    continue
+                if len(self._learned) >= 256:
+                    self._learned.pop(next(iter(self._learned)))
+                self._learned[key] = prompt
+            out[label] = ServedPrompt(prompt, meta.mode, meta.version)
+        return out
+
+    def tuning_policy(self) -> TuningPolicy:
+        s = self.settings
+        balance = s.tune_fg_balance
+        if balance < 0:  # the weights' own training balance: the demo model used 0.25
+            balance = 0.25 if s.seggpt_weights == "demo" else 0.0
+        return TuningPolicy(
+            options=TuneOptions(
+                steps=s.tune_steps,
+                lr=s.tune_lr,
+                batch_size=s.tune_batch,
+                time_budget_s=s.tune_budget_s,
+                fg_balance=balance,
+            ),
+            margin=s.tune_margin,
+            num_examples=s.num_examples,
+            ensemble=s.ensemble,
+            seg_type=s.seg_type,
+        )
 
     def options(self) -> Options:
         s = self.settings
@@ -189,6 +243,40 @@ def execute_prune(ctx: WorkerContext, job: PruneJob) -> dict[str, Any]:
 def sync_job(payload: dict[str, Any]) -> dict[str, Any]:
     """RQ entry point for ``sync`` payloads (:class:`SyncJob` as JSON)."""
     return execute_sync(current(), SyncJob.from_json(payload))
+
+
+def tune_job(payload: dict[str, Any]) -> dict[str, Any]:
+    """RQ entry point for ``tune`` payloads (:class:`TuneJob` as JSON)."""
+    return run_summary(execute_tune(current(), TuneJob.from_json(payload)))
+
+
+def execute_tune(ctx: WorkerContext, job: TuneJob) -> TuneRun:
+    """One tuning run of ``job.project`` (see :mod:`.tuning`); recorded in the prompt store.
+
+    Runs of one project never overlap (two tuner workers): a KV lock, held for at most the
+    run's budget plus 10 minutes, makes the second wait for the first and then measure against
+    what the first promoted.
+    """
+    lock = f"pr:{job.project}:lock"
+    hold_s = 2 * ctx.settings.tune_budget_s + 600
+    deadline = time.monotonic() + hold_s
+    while not ctx.kv.set(lock, b"1", ex=hold_s, nx=True):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"project {job.project}: another tuning run holds the lock for too long")
+        time.sleep(1.0)
+    try:
+        ensure_examples(ctx, job.project)
+        tuner = Tuner(
+            engine=ctx.engine,
+            materializer=ctx.materializer,
+            prompts=ctx.prompts,
+            metrics=ctx.metrics,
+            policy=ctx.tuning_policy(),
+            served=ctx.served_prompts,
+        )
+        return tuner.run(job, ctx.examples.records(job.project))
+    finally:
+        ctx.kv.delete(lock)
 
 
 def ensure_examples(ctx: WorkerContext, project: str, *, force: bool = False) -> None:
@@ -275,6 +363,7 @@ def _predict(ctx: WorkerContext, job: PredictJob) -> dict[str, Any]:
         tasks=tasks,
         records=records,
         prompt=job.prompt,
+        learned=ctx.served_prompts(project),
     )
     outcome = ctx.runner.run(chunk, ctx.options())
     ctx.prefetcher.release(url for t in tasks for url in t.images.values())

@@ -10,7 +10,7 @@ engine raises on the batch, the requests are retried one by one so only the culp
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from seggpt_backend.engine.images import ImageError
-from seggpt_backend.engine.interface import Engine, Example, MaskPrediction, SegmentRequest
+from seggpt_backend.engine.interface import Engine, Example, LearnedPrompt, MaskPrediction, SegmentRequest
 from seggpt_backend.labelstudio.client import LabelStudioError
 from seggpt_backend.service.contract import JobTask, Prompt, Target, TaskResult
 from seggpt_backend.service.errors import ExampleError
@@ -47,6 +47,16 @@ class Options:
     ensemble: str = "feature"
     seg_type: str = "instance"
     multilabel: str = "per-label"
+
+
+@dataclass(frozen=True, eq=False)
+class ServedPrompt:
+    """A promoted learned prompt as a worker serves it for one label: ``mode`` ``"ensemble"``
+    (with the retrieved examples) or ``"alone"``; ``version``: its prompt-store version."""
+
+    prompt: LearnedPrompt
+    mode: str
+    version: str
 
 
 @dataclass
@@ -124,7 +134,9 @@ class Chunk:
     """One job's work: ``tasks`` (ids and ``{data_key: url}``) of ``project`` on ``targets``.
 
     ``records``: the project's examples; ``model_version``: what the predictions will carry;
-    ``prompt``: the editor's smart-tool context (interactive jobs), or None.
+    ``prompt``: the editor's smart-tool context (interactive jobs), or None. ``learned``: the
+    promoted learned prompt per label (only labels of ``targets`` are used, so the prompt of a
+    label removed from the config is ignored).
     """
 
     project: str
@@ -133,6 +145,7 @@ class Chunk:
     tasks: Sequence[JobTask]
     records: Sequence[ExampleRecord]
     prompt: Prompt | None = None
+    learned: Mapping[str, ServedPrompt] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -261,13 +274,20 @@ class ChunkRunner:
             qdesc = describe(unit.pixels) if options.selection == "retrieval" else None
             labels = unit.target.labels if chunk.prompt is None else (chunk.prompt.label,)
             examples: dict[str, list[Example]] = {}
+            extra: dict[str, LearnedPrompt] = {}
             for label in labels:
-                chosen = picker.pick(unit.target, label, qdesc)
+                served = chunk.learned.get(label)
+                alone = served is not None and served.mode == "alone"
+                chosen = [] if alone else picker.pick(unit.target, label, qdesc)
+                if served is not None:
+                    extra[label] = served.prompt
                 if chosen:
                     examples[label] = chosen
-                else:
+                elif served is None:
                     skipped.add(label)
-            requests.append(SegmentRequest(query=unit.pixels, examples=examples, size=unit.size))
+            requests.append(
+                SegmentRequest(query=unit.pixels, examples=examples, size=unit.size, learned=extra)
+            )
         for label in sorted(skipped):
             msg = (
                 f"project {chunk.project}: label {label!r} skipped: no accepted annotation with a brush "
@@ -275,7 +295,7 @@ class ChunkRunner:
             )
             out.messages.append(msg)
             log.info("%s", msg)
-        if units and not any(r.examples for r in requests):
+        if units and not any(r.examples or r.learned for r in requests):
             out.messages.append(
                 f"project {chunk.project}: no examples yet; annotate at least one image with brush labels "
                 "(every accepted annotation becomes an example)"
@@ -287,7 +307,7 @@ def _segment(
     engine: Engine, requests: list[SegmentRequest], options: Options, task_ids: list[int], out: ChunkOutcome
 ) -> list[dict[str, MaskPrediction] | None]:
     """One engine call for all requests; if it raises, one call per request to isolate the failure."""
-    todo = [i for i, r in enumerate(requests) if r.examples]
+    todo = [i for i, r in enumerate(requests) if r.examples or r.learned]
     results: list[dict[str, MaskPrediction] | None] = [{} for _ in requests]
     if not todo:
         return results

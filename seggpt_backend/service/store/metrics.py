@@ -32,6 +32,15 @@ HELP: dict[str, tuple[str, str]] = {
     "seggpt_predict_requests_total": ("counter", "POST /predict requests, by kind (batch, interactive)."),
     "seggpt_predict_request_seconds": ("histogram", "Wall time of POST /predict, by kind."),
     "seggpt_webhooks_total": ("counter", "Webhook events received, by action."),
+    "seggpt_tune_runs_total": ("counter", "Tuning runs, by status (promoted, not-promoted, failed)."),
+    "seggpt_tune_labels_total": (
+        "counter",
+        "Labels of tuning runs, by decision (promoted, rejected, skipped).",
+    ),
+    "seggpt_tune_duration_seconds": ("histogram", "Wall time of one tuning run."),
+    "seggpt_prompt_promotions_total": ("counter", "Learned prompts promoted."),
+    "seggpt_tune_gain_sum": ("counter", "Validation mIoU gained by promoted prompts, summed."),
+    "seggpt_tune_requests_total": ("counter", "Tuning requests, by trigger and outcome (queued, joined)."),
     "seggpt_queue_depth": ("gauge", "Jobs waiting in each queue."),
     "seggpt_queue_jobs": ("gauge", "Jobs currently in each queue's registries, by state."),
     "seggpt_workers": ("gauge", "Live workers registered in Redis (1 in embedded mode once ready)."),
@@ -65,6 +74,13 @@ class Metrics:
         try:
             self.kv.hincrby(KEY, name + _labels(labels), amount)
         except Exception as exc:  # metrics must never break serving
+            log.debug("metrics: cannot record %s: %s", name, exc)
+
+    def add(self, name: str, amount: float, **labels: str) -> None:
+        """Add a float to counter ``name`` (e.g. a sum of gains)."""
+        try:
+            self.kv.hincrbyfloat(KEY, name + _labels(labels), float(amount))
+        except Exception as exc:
             log.debug("metrics: cannot record %s: %s", name, exc)
 
     def observe(self, name: str, seconds: float, **labels: str) -> None:

@@ -5,7 +5,11 @@ Queues, highest priority first (a worker always empties ``interactive`` before i
 
 - ``interactive``: smart-tool requests and single-task predictions (someone is waiting in the
   editor), example (re)fills;
-- ``batch``: chunks of "Retrieve Predictions" batches.
+- ``batch``: chunks of "Retrieve Predictions" batches;
+- ``tune``: in-context tuning runs (minutes): a worker listening on it after ``interactive``
+  runs a tuning job only when nothing interactive waits, but then holds the device until the
+  run's time budget ends, so deployments run a dedicated ``--queues tune`` worker
+  (docker-compose's ``tuner``) and keep it off the interactive workers.
 
 Job payloads are the typed jobs of :mod:`seggpt_backend.service.contract`, as JSON (RQ's
 ``JSONSerializer``): task ids, image URLs, label names, never pixels or pickles. Job functions are referenced by dotted path (``seggpt_backend.service.jobs.entry.<kind>_job``)
@@ -27,11 +31,12 @@ from seggpt_backend.service.contract import Job
 
 log = logging.getLogger(__name__)
 
-QUEUES: tuple[str, ...] = ("interactive", "batch")
+QUEUES: tuple[str, ...] = ("interactive", "batch", "tune")
 JOB_FUNCTIONS: dict[str, str] = {
     "predict": "seggpt_backend.service.jobs.entry.predict_job",
     "sync": "seggpt_backend.service.jobs.entry.sync_job",
     "prune": "seggpt_backend.service.jobs.entry.prune_job",
+    "tune": "seggpt_backend.service.jobs.entry.tune_job",
 }
 RETRIES = 2  # a job that raises (worker crash, OOM) is retried this often; outcomes are idempotent
 RESULT_TTL_S = 3600
@@ -69,13 +74,23 @@ class RQJobQueue:
 
     embedded = False
 
-    def __init__(self, connection: Any, prefix: str, *, job_timeout_s: int, live_s: float = 60.0) -> None:
-        """``job_timeout_s``: RQ job timeout in seconds. ``live_s``: a worker whose last heartbeat
-        is older than this many seconds counts as dead in :meth:`workers`."""
+    def __init__(
+        self,
+        connection: Any,
+        prefix: str,
+        *,
+        job_timeout_s: int,
+        live_s: float = 60.0,
+        tune_timeout_s: int = 0,
+    ) -> None:
+        """``job_timeout_s``: RQ job timeout in seconds (``tune_timeout_s`` for tuning jobs, when
+        larger). ``live_s``: a worker whose last heartbeat is older than this many seconds
+        counts as dead in :meth:`workers`."""
         from rq import Queue
         from rq.serializers import JSONSerializer
 
         self.connection = connection
+        self.tune_timeout_s = tune_timeout_s
         self.prefix = prefix
         self.job_timeout_s = job_timeout_s
         self.live_s = live_s
@@ -112,6 +127,8 @@ class RQJobQueue:
             except NoSuchJobError:
                 pass
         timeout = min(self.job_timeout_s, 300) if queue == "interactive" else self.job_timeout_s
+        if job.kind == "tune":  # the run's own budget plus validation and downloads
+            timeout = max(timeout, self.tune_timeout_s)
         payload = job.to_json()
         rq_job = q.enqueue(
             JOB_FUNCTIONS[job.kind],
@@ -219,6 +236,7 @@ class InProcessJobQueue:
         self.ready = threading.Event()
         self.error: str | None = None
         self.running = 0
+        self._running_id: str | None = None
         self.finished: dict[str, int] = dict.fromkeys(QUEUES, 0)
         self.failed: dict[str, int] = dict.fromkeys(QUEUES, 0)
         self._thread = threading.Thread(target=self._loop, name="seggpt-embedded-worker", daemon=True)
@@ -238,6 +256,8 @@ class InProcessJobQueue:
 
     def status(self, job_id: str) -> str | None:
         with self._lock:
+            if job_id == self._running_id:
+                return "started"
             return "queued" if job_id in self._ids else None
 
     def depths(self) -> dict[str, int]:
@@ -273,6 +293,7 @@ class InProcessJobQueue:
             with self._lock:
                 self._pending[queue] -= 1
                 self.running = 1
+                self._running_id = job_id
             ok = False
             for attempt in range(RETRIES + 1):
                 try:
@@ -288,5 +309,6 @@ class InProcessJobQueue:
                     time.sleep(0.1)
             with self._lock:
                 self.running = 0
+                self._running_id = None
                 self._ids.discard(job_id)
                 (self.finished if ok else self.failed)[queue] += 1
