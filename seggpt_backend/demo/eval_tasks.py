@@ -12,7 +12,7 @@ What differs from the training generator:
 - shapes: capsule, rhombus, irregular blob (random radial harmonics), L-block, square frame,
   half-disc, plus two pairs that differ only by texture (capsule, rhombus);
 - textures: speckle (random per-pixel mix), concentric rings, two-tone halves, outline;
-- backgrounds: colour tiles, sine plasma, random thick scribbles, each under a smooth lighting
+- backgrounds: colour tiles, sine plasma, random thin scribbles, each under a smooth lighting
   gradient;
 - layouts: object sizes from 6 % to 40 % of the short side, anisotropic stretch, centres
   anywhere in the image so objects are cut by the border, sometimes a cluster of targets;
@@ -134,14 +134,14 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
             f1, f2 = rng.uniform(0.01, 0.08, 2)
             p1, p2 = rng.uniform(0, 2 * np.pi, 2)
             img[..., c] = 127 + 60 * np.sin(xx * f1 + p1) + 60 * np.sin(yy * f2 + p2)
-    else:  # scribbles: thick random segments on a flat colour
+    else:  # scribbles: thin random segments on a flat colour (thin: thicker ones look like capsules)
         img = np.broadcast_to(rng.uniform(0, 255, 3).astype(np.float32), (h, w, 3)).copy()
         for _ in range(int(rng.integers(4, 12))):
             (y0, y1), (x0, x1) = rng.uniform(0, h, 2), rng.uniform(0, w, 2)
             d = np.array([y1 - y0, x1 - x0], dtype=np.float32)
             t = np.clip(((yy - y0) * d[0] + (xx - x0) * d[1]) / max(float(d @ d), 1e-6), 0, 1)
             dist = np.hypot(yy - (y0 + t * d[0]), xx - (x0 + t * d[1]))
-            img[dist <= rng.uniform(1.5, 5)] = rng.uniform(0, 255, 3)
+            img[dist <= rng.uniform(0.6, 1.5)] = rng.uniform(0, 255, 3)
     return img
 
 
