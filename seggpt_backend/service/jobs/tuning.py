@@ -55,7 +55,16 @@ log = logging.getLogger(__name__)
 
 MIN_VALIDATION = 2
 VALIDATION_SHARE = 0.2
-CONFIDENCE, CONFIDENCE_Z = 0.9, 1.2816  # one-sided normal quantile of the promotion bound
+CONFIDENCE = 0.9
+# One-sided 90 % quantiles of Student's t by degrees of freedom (validation images - 1): with 2
+# images the spread itself is a guess, so the bound must be wide. Beyond the table: normal.
+T90 = {1: 3.078, 2: 1.886, 3: 1.638, 4: 1.533, 5: 1.476, 6: 1.440, 7: 1.415, 8: 1.397, 9: 1.383}
+T90 |= {10: 1.372, 12: 1.356, 15: 1.341, 20: 1.325, 30: 1.310}
+
+
+def t90(df: int) -> float:
+    """The one-sided 90 % t quantile for ``df`` >= 1 (the next smaller tabled df: conservative)."""
+    return T90[max(k for k in T90 if k <= df)] if df <= 30 else 1.2816
 
 
 @dataclass(frozen=True)
@@ -332,13 +341,14 @@ class Score:
 
     def gain_bound(self, baseline: Score) -> float:
         """One-sided lower confidence bound (:data:`CONFIDENCE`) of the mean per-image IoU gain
-        over ``baseline`` on the same images: ``mean - z * sd / sqrt(m)`` of the paired gains.
+        over ``baseline`` on the same images: ``mean - t * sd / sqrt(m)`` of the m paired gains
+        (Student's t with m - 1 degrees of freedom).
         With a handful of validation images a lucky draw is common; this keeps it from being
         promoted (a regression served to every user costs more than a gain delayed)."""
         gains = np.asarray(self.per_image) - np.asarray(baseline.per_image)
         if gains.size < 2:
             return float("-inf")
-        return float(gains.mean() - CONFIDENCE_Z * gains.std(ddof=1) / np.sqrt(gains.size))
+        return float(gains.mean() - t90(gains.size - 1) * gains.std(ddof=1) / np.sqrt(gains.size))
 
 
 def _retrieve(query: Item, pool: Sequence[Item], label: str, k: int) -> list[Example]:
