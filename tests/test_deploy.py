@@ -37,7 +37,7 @@ from seggpt_backend.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
-OUR_SERVICES = ("backend", "worker")  # the services that run our image
+OUR_SERVICES = ("backend", "worker", "tuner")  # the services that run our image
 # Variables of the host's shell/.env that only compose reads (documented in docs/DEPLOY.md).
 COMPOSE_VARS = {
     "REDIS_PASSWORD",
@@ -263,7 +263,7 @@ def compose_redis_url(port: int, password: str) -> str:
 
 def test_services_images_and_profiles():
     services = compose()["services"]
-    assert set(services) == {"redis", "backend", "worker", "label-studio"}
+    assert set(services) == {"redis", "backend", "worker", "tuner", "label-studio"}
     assert services["redis"]["image"].startswith("redis:7")
     assert services["label-studio"]["image"].startswith("heartexlabs/label-studio:1.23")
     assert services["label-studio"]["profiles"] == ["label-studio"]
@@ -286,6 +286,9 @@ def test_commands_exist_in_the_cli():
         parser.parse_args(cmd[1:])  # exits (SystemExit) on an unknown command or flag
     assert commands["backend"][1] == "serve" and commands["Dockerfile CMD"][1] == "serve"
     assert commands["worker"][1] == "worker"
+    # Tuning runs (minutes) never hold the worker that serves the smart tools.
+    assert commands["worker"][2:] == ["--queues", "interactive", "batch"]
+    assert commands["tuner"][1:] == ["worker", "--queues", "tune"]
     assert json.loads(instructions("ENTRYPOINT")[0]) == ["/usr/local/bin/seggpt-entrypoint"]
     assert any(
         c.endswith("docker/entrypoint.sh /usr/local/bin/seggpt-entrypoint") for c in instructions("COPY")
@@ -313,8 +316,9 @@ def test_healthchecks_and_dependencies():
 
 def test_worker_reserves_one_nvidia_gpu():
     services = compose()["services"]
-    devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    for name in ("worker", "tuner"):
+        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert "deploy" not in services["backend"]  # the HTTP server never computes in Redis mode
 
 

@@ -13,7 +13,7 @@ from seggpt_backend.engine.interface import Example, LearnedPrompt, SegmentReque
 from seggpt_backend.service.contract import JobTask, Target, TaskResult, TuneJob
 from seggpt_backend.service.jobs import entry as jobs
 from seggpt_backend.service.jobs.pipeline import Chunk
-from seggpt_backend.service.jobs.tuning import split
+from seggpt_backend.service.jobs.tuning import Score, split
 from seggpt_backend.service.store.examples import record_from_annotation
 from seggpt_backend.service.store.kv import RedisKV
 from seggpt_backend.settings import Settings
@@ -107,6 +107,14 @@ def test_split_is_deterministic_with_at_least_two_and_a_fifth_for_validation() -
     assert b is not None and set(a[1]) - {21} <= set(b[1]) | set(b[0])
 
 
+def test_the_gate_wants_a_gain_on_most_images_not_one_lucky_one() -> None:
+    served = Score(0.5, [0.5, 0.5, 0.5, 0.5])
+    lucky = Score(0.6, [0.5, 0.5, 0.5, 0.9])  # +0.1 on average, all from one image
+    steady = Score(0.56, [0.55, 0.56, 0.57, 0.56])
+    assert lucky.gain_bound(served) < 0.01 < steady.gain_bound(served)
+    assert Score(0.6, [0.6]).gain_bound(Score(0.5, [0.5])) == float("-inf")
+
+
 def test_a_promoted_prompt_is_served_and_named_in_the_model_version(world) -> None:
     make, _ = world
     ctx = make(SEGGPT_TUNE_MARGIN="-1")  # promote whatever the tiny random model learns
@@ -137,7 +145,7 @@ def test_a_run_that_does_not_beat_what_is_served_is_recorded_not_promoted(world)
     version = ctx.model_version("1")
     run = jobs.execute_tune(ctx, TuneJob(project="1", trigger="cli", labels=("Cat",)))
     assert [r.decision for r in run.labels] == ["rejected"]
-    assert "not above what is served" in run.labels[0].reason
+    assert "does not clear the margin 0.999" in run.labels[0].reason
     assert ctx.prompts.active("1") == {} and ctx.model_version("1") == version
     assert ctx.prompts.runs("1")[0].labels[0].miou["served"] == run.labels[0].miou["served"]
 

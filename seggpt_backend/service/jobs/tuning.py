@@ -16,7 +16,8 @@ Per label, from the project's example store (every accepted annotation with a br
    (a) what is served now: retrieved examples (from the tuning set), with the promoted prompt
    if there is one; (b) the tuned prompt alone; (c) the tuned prompt plus the retrieved examples
    in one feature ensemble. The better of (b) and (c) is promoted, with that serving mode, only
-   if it beats (a) by ``margin``.
+   if it beats (a) by ``margin``, both in accumulated mIoU and in a 90 % lower confidence bound
+   of the paired per-image gain (a lucky draw of a few validation images is not enough).
 
 Every run, promoted or not, is recorded (:class:`~seggpt_backend.service.store.prompts.TuneRun`).
 """
@@ -54,6 +55,16 @@ log = logging.getLogger(__name__)
 
 MIN_VALIDATION = 2
 VALIDATION_SHARE = 0.2
+CONFIDENCE = 0.9
+# One-sided 90 % quantiles of Student's t by degrees of freedom (validation images - 1): with 2
+# images the spread itself is a guess, so the bound must be wide. Beyond the table: normal.
+T90 = {1: 3.078, 2: 1.886, 3: 1.638, 4: 1.533, 5: 1.476, 6: 1.440, 7: 1.415, 8: 1.397, 9: 1.383}
+T90 |= {10: 1.372, 12: 1.356, 15: 1.341, 20: 1.325, 30: 1.310}
+
+
+def t90(df: int) -> float:
+    """The one-sided 90 % t quantile for ``df`` >= 1 (the next smaller tabled df: conservative)."""
+    return T90[max(k for k in T90 if k <= df)] if df <= 30 else 1.2816
 
 
 @dataclass(frozen=True)
@@ -230,7 +241,8 @@ class Tuner:
         validation = [by_id[a] for a in parts[1]]
         out.tuning, out.validation = parts[0], parts[1]
         current = self.served(project).get(label)
-        out.miou["served"] = self._miou(label, validation, tuning, current)
+        served = self._score(label, validation, tuning, current)
+        out.miou["served"] = served.miou
         init = _medoid(tuning)
         out.init = init.annotation_id
         options = TuneOptions(
@@ -253,16 +265,24 @@ class Tuner:
         candidate = LearnedPrompt(
             f"candidate:{project}:{label}:{run_id}", tuned.prompt.image, tuned.prompt.target
         )
-        for mode in ("alone", "ensemble"):
-            out.miou[mode] = self._miou(label, validation, tuning, ServedPrompt(candidate, mode, "candidate"))
+        scores = {
+            mode: self._score(label, validation, tuning, ServedPrompt(candidate, mode, "candidate"))
+            for mode in ("alone", "ensemble")
+        }
+        for mode, score in scores.items():
+            out.miou[mode] = score.miou
         out.miou = {k: round(v, 4) for k, v in out.miou.items()}
-        mode = "ensemble" if out.miou["ensemble"] >= out.miou["alone"] else "alone"
-        best, served = out.miou[mode], out.miou["served"]
-        if best <= served + self.policy.margin:
+        bounds = {mode: score.gain_bound(served) for mode, score in scores.items()}
+        mode = max(bounds, key=lambda m: (bounds[m], m == "ensemble"))
+        best, before, bound = scores[mode].miou, served.miou, bounds[mode]
+        out.gain_bound = round(bound, 4)
+        margin = self.policy.margin
+        if best <= before + margin or bound <= margin:
             out.decision = "rejected"
             out.reason = (
-                f"tuned prompt ({mode}) scores {best:.3f} mIoU on {len(validation)} held-out annotations, "
-                f"not above what is served ({served:.3f}) by the margin {self.policy.margin:g}"
+                f"tuned prompt ({mode}) scores {best:.3f} mIoU on {len(validation)} held-out annotations "
+                f"vs {before:.3f} served; the gain ({best - before:+.3f}, per image at worst "
+                f"{bound:+.3f} at {CONFIDENCE:.0%} confidence) does not clear the margin {margin:g}"
             )
             return out
         meta = self.prompts.promote(
@@ -276,14 +296,17 @@ class Tuner:
             miou=out.miou,
         )
         out.decision, out.version, out.mode = "promoted", meta.version, mode
-        out.reason = f"{mode}: {best:.3f} mIoU vs {served:.3f} served ({best - served:+.3f})"
+        out.reason = (
+            f"{mode}: {best:.3f} mIoU vs {before:.3f} served ({best - before:+.3f}; per image at "
+            f"worst {bound:+.3f} at {CONFIDENCE:.0%} confidence)"
+        )
         return out
 
     # ------------------------------------------------------------------ validation
-    def _miou(
+    def _score(
         self, label: str, validation: Sequence[Item], pool: Sequence[Item], prompt: ServedPrompt | None
-    ) -> float:
-        """Accumulated IoU of ``label`` over ``validation``: retrieved examples from ``pool`` and/or
+    ) -> Score:
+        """IoU of ``label`` on ``validation`` with retrieved examples from ``pool`` and/or
         ``prompt`` in its mode (``alone``: no examples)."""
         requests = []
         for it in validation:
@@ -299,11 +322,33 @@ class Tuner:
             multilabel="per-label",
         )
         inter = union = 0
+        per_image = []
         for it, res in zip(validation, results, strict=True):
             pred = res[label].mask if label in res else np.zeros_like(it.mask)
-            inter += int((pred & it.mask).sum())
-            union += int((pred | it.mask).sum())
-        return inter / union if union else 1.0
+            i, u = int((pred & it.mask).sum()), int((pred | it.mask).sum())
+            inter, union = inter + i, union + u
+            per_image.append(i / u if u else 1.0)
+        return Score(inter / union if union else 1.0, per_image)
+
+
+@dataclass(frozen=True)
+class Score:
+    """Validation figures of one way of serving: ``miou`` accumulated over the images (the
+    reported figure) and the IoU of each image (for the paired confidence bound)."""
+
+    miou: float
+    per_image: list[float]
+
+    def gain_bound(self, baseline: Score) -> float:
+        """One-sided lower confidence bound (:data:`CONFIDENCE`) of the mean per-image IoU gain
+        over ``baseline`` on the same images: ``mean - t * sd / sqrt(m)`` of the m paired gains
+        (Student's t with m - 1 degrees of freedom).
+        With a handful of validation images a lucky draw is common; this keeps it from being
+        promoted (a regression served to every user costs more than a gain delayed)."""
+        gains = np.asarray(self.per_image) - np.asarray(baseline.per_image)
+        if gains.size < 2:
+            return float("-inf")
+        return float(gains.mean() - t90(gains.size - 1) * gains.std(ddof=1) / np.sqrt(gains.size))
 
 
 def _retrieve(query: Item, pool: Sequence[Item], label: str, k: int) -> list[Example]:

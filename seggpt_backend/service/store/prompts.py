@@ -134,6 +134,7 @@ class LabelRun:
     seconds: float = 0.0
     version: str | None = None
     mode: str | None = None
+    gain_bound: float | None = None  # 90 % lower bound of the per-image gain (jobs/tuning.py)
 
     @property
     def gain(self) -> float:
