@@ -86,7 +86,9 @@ def test_start_training_resyncs_examples_in_a_queued_job() -> None:
         out = handle(rt, _event("webhook_start_training"))
         assert out["status"] == "ok" and "re-syncing" in out["detail"]
         assert rec.done.wait(5)
-        assert rec.jobs == [SyncJob(project="1", force=True)]
+        assert rec.jobs[0] == SyncJob(project="1", force=True)
+        # Start Training also asks for a tuning run (issue 9).
+        assert [(j.project, j.trigger) for j in rec.jobs[1:]] == [("1", "start-training")]
     finally:
         rt.close()
     rt = _runtime(Recorder())
