@@ -93,6 +93,6 @@ def test_start_training_resyncs_examples_in_a_queued_job() -> None:
         rt.close()
     rt = _runtime(Recorder())
     try:
-        assert "nothing to sync" in handle(rt, _event("webhook_start_training"))["detail"]
+        assert "examples come from webhooks only" in handle(rt, _event("webhook_start_training"))["detail"]
     finally:
         rt.close()
