@@ -198,3 +198,17 @@ def test_superseded_predictions_are_kept_when_replacing_is_off(ctx, engine) -> N
         assert _posted_tasks(ctx) == [61] and ctx.images.deleted == []
     finally:
         other.close()
+
+
+def test_a_recovered_job_writes_back_only_what_label_studio_lacks(ctx) -> None:
+    # Redis lost the job, its results and claims; task 70's prediction had reached Label Studio.
+    import json
+
+    current = ctx.model_version("1")
+    held = [{"id": 700, "task": 70, "model_version": current, "result": []}]
+    ctx.images.add("/api/predictions/?task=70", json.dumps(held).encode())
+    ctx.images.add("/api/predictions/?task=71", b"[]")
+    jobs.execute_predict(ctx, dataclasses.replace(_payload([70, 71]), recovered=True))
+    assert _posted_tasks(ctx) == [71]
+    assert ctx.results.pending() == []  # both settled
+    assert not ctx.results.claim("1", current, 70)  # delivered: the claim stays taken

@@ -151,6 +151,9 @@ class PredictJob:
     ``model_version``: the version the server asked for; results are stored under it so the
     waiting request finds them. ``channel``: the request waiting for these tasks (a fresh hex id
     per request). ``queue``: the logical queue it was put on. ``enqueued_at``: Unix seconds.
+    ``recovered``: enqueued again by the server after Redis lost the job; what Redis held for it
+    (results, delivery claims) may be gone although predictions already reached Label Studio, so
+    each write-back first asks Label Studio whether the task has one of this version.
     """
 
     project: str
@@ -162,6 +165,7 @@ class PredictJob:
     prompt: Prompt | None = None
     writeback: Writeback = "requested"
     enqueued_at: float = field(default_factory=time.time)
+    recovered: bool = False
 
     kind = "predict"
 
@@ -176,17 +180,7 @@ class PredictJob:
     def only(self, task_ids: Sequence[int]) -> PredictJob:
         """The same job restricted to ``task_ids`` (order kept)."""
         keep = set(task_ids)
-        return PredictJob(
-            project=self.project,
-            model_version=self.model_version,
-            targets=self.targets,
-            tasks=tuple(t for t in self.tasks if t.id in keep),
-            channel=self.channel,
-            queue=self.queue,
-            prompt=self.prompt,
-            writeback=self.writeback,
-            enqueued_at=self.enqueued_at,
-        )
+        return replace(self, tasks=tuple(t for t in self.tasks if t.id in keep))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -200,6 +194,7 @@ class PredictJob:
             "prompt": None if self.prompt is None else self.prompt.to_json(),
             "writeback": self.writeback,
             "enqueued_at": self.enqueued_at,
+            "recovered": self.recovered,
         }
 
     @classmethod
@@ -220,6 +215,7 @@ class PredictJob:
                 prompt=None if not prompt else Prompt.from_json(prompt),
                 writeback=writeback,
                 enqueued_at=float(d.get("enqueued_at") or time.time()),
+                recovered=bool(d.get("recovered", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, ContractError):

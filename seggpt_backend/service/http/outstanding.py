@@ -1,14 +1,18 @@
-"""Serve side of the delivery guarantee: enqueued work is remembered until its results exist.
+"""Serve side of the delivery guarantee: enqueued work is remembered until it is delivered.
 
-Redis restarted without persistence forgets every queued job; a worker killed mid-job leaves its
-job "started". The server remembers, in its own memory, each batch job it enqueued and the tasks
-of it that have no result yet. Every ``interval_s`` (5 s) one thread:
+Redis restarted without persistence forgets every queued job, and with them the stored results
+and pending deliveries; a worker killed mid-job leaves its job "started". The server remembers,
+in its own memory, each batch job it enqueued and the tasks of it not yet delivered. Every
+``interval_s`` (5 s) one thread:
 
 1. runs RQ's abandoned-job cleaning (:func:`~seggpt_backend.service.store.queue.reclaim_abandoned`),
    so a job whose worker stopped beating is retried within a heartbeat TTL, not a job timeout;
-2. drops tasks whose result is stored (delivering those is the workers' job, see
-   :mod:`seggpt_backend.service.jobs.delivery`) or that this server answered in a response;
-3. enqueues again what is left of a job Redis no longer knows (same tasks, same version).
+2. once a job is no longer queued or running, drops its tasks that are settled: a result is
+   stored and no delivery of it is pending (see :mod:`seggpt_backend.service.jobs.delivery`);
+   tasks this server answered in a response are dropped at once;
+3. enqueues again, marked ``recovered``, what is left of a job Redis no longer knows (same
+   tasks, same version). Such a job's write-backs first ask Label Studio whether the task has a
+   prediction of that version already, since the claims that would say so may be lost too.
 
 A job that failed for good (out of retries) is dropped with an error in the log: its tasks are
 computed again by the next "Retrieve Predictions". Memory is bounded (``max_tasks``; the oldest
@@ -22,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from seggpt_backend.service.contract import PredictJob
 from seggpt_backend.service.store.queue import JobQueue
@@ -102,15 +106,14 @@ class Outstanding:
         requeued = 0
         now = time.monotonic()
         for t in tracked:
-            if t.remaining:
-                stored = self.results.get_many(t.job.project, t.job.model_version, sorted(t.remaining))
-                t.remaining -= set(stored)
+            status = self.queue.status(t.job_id)
+            if status not in ("queued", "started", "scheduled", "deferred") and t.remaining:
+                t.remaining -= self._settled(t)
             if not t.remaining or now - t.since > self.max_age_s:
                 self._drop(t.job_id)
                 continue
-            status = self.queue.status(t.job_id)
             if status is None:
-                job = t.job.only(sorted(t.remaining))
+                job = replace(t.job.only(sorted(t.remaining)), recovered=True)
                 self.queue.enqueue(t.queue, job, job_id=t.job_id)
                 t.requeued += 1
                 requeued += 1
@@ -130,6 +133,12 @@ class Outstanding:
                 )
                 self._drop(t.job_id)
         return requeued
+
+    def _settled(self, t: _Tracked) -> set[int]:
+        """Tasks of a job done running whose result is stored and delivered (or undeliverable)."""
+        project, version = t.job.project, t.job.model_version
+        stored = self.results.get_many(project, version, sorted(t.remaining))
+        return {tid for tid in stored if not self.results.is_pending(project, version, tid)}
 
     def start(self) -> None:
         if self._thread is None:

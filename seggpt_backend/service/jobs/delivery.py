@@ -60,12 +60,14 @@ class Delivery:
         channel: str,
         always: bool = False,
         supersedes: Superseded = (),
+        verify: bool = False,
     ) -> None:
         """A result was just stored: leave it to the waiting request or write it back now.
 
         ``model_version``: the version it is stored under. ``always``: write back even if a
         request waits (background pre-labelling has no response to carry it). ``supersedes``:
-        the task's older predictions from this backend (see :meth:`prune`).
+        the task's older predictions from this backend (see :meth:`prune`). ``verify``: look in
+        Label Studio for a prediction of this version first (see :attr:`Pending.verify`).
         """
         pending = Pending(
             project,
@@ -74,6 +76,7 @@ class Delivery:
             channel="" if always else channel,
             since=time.time(),
             supersedes=supersedes,
+            verify=verify,
         )
         self.results.add_pending(pending)
         # Recorded first, checked second: if the request gives up right after this check, its
@@ -103,6 +106,10 @@ class Delivery:
             self.metrics.inc("seggpt_writeback_failures_total")
             return True
         try:
+            if pending.verify and self._already_in_label_studio(task_id, version):
+                self.results.settle(project, model_version, task_id)  # claim kept: it is delivered
+                log.info("task %s: Label Studio already has its prediction of version %s", task_id, version)
+                return True
             self.client.create_prediction(
                 task_id,
                 list(entry.result),
@@ -124,6 +131,9 @@ class Delivery:
         log.info("task %s: prediction written back to Label Studio (model version %s)", task_id, version)
         self.prune(project, superseded_ids(pending.supersedes, keep=version))
         return True
+
+    def _already_in_label_studio(self, task_id: int, version: str) -> bool:
+        return any(p.get("model_version") == version for p in self.client.list_predictions(task_id))
 
     def prune(self, project: str, prediction_ids: Sequence[int]) -> list[int]:
         """Delete this backend's superseded predictions (if ``SEGGPT_REPLACE_SUPERSEDED``);

@@ -331,6 +331,7 @@ def _offer(ctx: WorkerContext, job: PredictJob, task: JobTask) -> None:
         channel=job.channel,
         always=job.writeback == "always",
         supersedes=task.supersedes,
+        verify=job.recovered,
     )
 
 

@@ -44,6 +44,8 @@ class Pending:
     request that may deliver it in its response (empty: nobody; write it back). ``since``,
     ``retry_at``: Unix seconds (first recorded; earliest next write-back attempt). ``supersedes``:
     this backend's older predictions of the task, deleted once this one is written back.
+    ``verify``: before writing back, ask Label Studio whether the task already has a prediction
+    of this version (the job was recovered after Redis lost its state, claims included).
     """
 
     project: str
@@ -54,6 +56,7 @@ class Pending:
     attempts: int = 0
     retry_at: float = 0.0
     supersedes: Superseded = ()
+    verify: bool = False
 
     @staticmethod
     def field_of(project: str, model_version: str, task_id: int) -> str:
@@ -78,6 +81,7 @@ class Pending:
             attempts=int(d.get("attempts", 0)),
             retry_at=float(d.get("retry_at", 0.0)),
             supersedes=tuple((int(i), str(v)) for i, v in d.get("supersedes") or ()),
+            verify=bool(d.get("verify", False)),
         )
 
 
@@ -139,6 +143,9 @@ class ResultStore:
     def settle(self, project: str, model_version: str, task_id: int) -> None:
         """The task's result was delivered (or needs no delivery): stop tracking it."""
         self.kv.hdel(PENDING_KEY, Pending.field_of(project, model_version, task_id))
+
+    def is_pending(self, project: str, model_version: str, task_id: int) -> bool:
+        return self.kv.hget(PENDING_KEY, Pending.field_of(project, model_version, task_id)) is not None
 
     def pending(self) -> list[Pending]:
         """Every result not yet known to be delivered (oldest first)."""
