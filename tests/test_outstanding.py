@@ -16,7 +16,7 @@ import redis
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from seggpt_backend.service.contract import JobTask, PredictJob, TaskResult, Target
+from seggpt_backend.service.contract import JobTask, PredictJob, Target, TaskResult
 from seggpt_backend.service.http.outstanding import Outstanding
 from seggpt_backend.service.store.kv import RedisKV
 from seggpt_backend.service.store.queue import RQJobQueue
