@@ -7,13 +7,12 @@ Settings come from the environment (:class:`seggpt_backend.settings.Settings`); 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seggpt_backend.settings import Settings, SettingsError
+from seggpt_backend.settings import Settings, SettingsError, configure_logging
 
 if TYPE_CHECKING:
     import numpy as np
@@ -215,9 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:  # a bad setting ends start-up with its name, not a traceback
         print(f"seggpt-backend: invalid setting: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings)  # httpx kept at WARNING: its INFO lines carry request URLs
     return args.func(args, settings)
 
 
