@@ -147,7 +147,7 @@ def _tasks_created(rt: Runtime, project: str, event: WebhookEvent) -> dict[str, 
     """Queue pre-labelling of imported tasks (``SEGGPT_AUTO_PRELABEL``); enqueues only."""
     action = event.action
     if not rt.settings.auto_prelabel:
-        return {"status": "ignored", "action": action, "reason": "SEGGPT_AUTO_PRELABEL is off"}
+        return {"status": "ok", "action": action, "detail": "nothing to do: SEGGPT_AUTO_PRELABEL is off"}
     if not rt.settings.label_studio_url:
         return {
             "status": "ignored",
