@@ -7,13 +7,12 @@ Settings come from the environment (:class:`seggpt_backend.settings.Settings`); 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seggpt_backend.settings import Settings, SettingsError
+from seggpt_backend.settings import Settings, SettingsError, configure_logging
 
 if TYPE_CHECKING:
     import numpy as np
@@ -133,25 +132,6 @@ def _colour_classes(masks: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarr
     return snapped, refs[1:].astype(np.uint8)
 
 
-def _export_coco(args: argparse.Namespace, settings: Settings) -> int:
-    import json
-
-    from seggpt_backend.labelstudio.coco import tasks_to_coco, tasks_to_coco_results
-
-    tasks = json.loads(Path(args.tasks).read_text())
-    coco = tasks_to_coco(tasks, use=args.use, split_components=args.split_components)
-    Path(args.out).write_text(json.dumps(coco))
-    skipped = coco.get("info", {}).get("skipped", [])
-    print(
-        f"{args.out}: {len(coco['images'])} images, {len(coco['annotations'])} masks, {len(skipped)} skipped"
-    )
-    if args.results:
-        results = tasks_to_coco_results(tasks, coco, split_components=args.split_components)
-        Path(args.results).write_text(json.dumps(results))
-        print(f"{args.results}: {len(results)} scored predictions (for COCOeval)")
-    return 0
-
-
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from seggpt_backend.service.server import run_server
 
@@ -167,6 +147,8 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from seggpt_backend import cli_learning, cli_prelabel
+
     parser = argparse.ArgumentParser(prog="seggpt-backend", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -191,13 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("queries", nargs="+", metavar="QUERY")
     seg.set_defaults(func=_segment)
 
-    exp = sub.add_parser("export-coco", help="Label Studio JSON export -> COCO instance masks (exact RLE)")
-    exp.add_argument("tasks", help="a Label Studio JSON export (list of tasks)")
+    exp = sub.add_parser(
+        "export-coco", help="Label Studio project or JSON export -> COCO instance masks (exact RLE)"
+    )
+    exp.add_argument("tasks", nargs="?", help="a Label Studio JSON export (list of tasks)")
+    exp.add_argument("--project", help="read the tasks straight from this Label Studio project (API)")
     exp.add_argument("--out", required=True, help="COCO annotations file to write")
     exp.add_argument("--use", choices=["annotations", "predictions"], default="annotations")
     exp.add_argument("--split-components", action="store_true", help="one COCO object per connected part")
     exp.add_argument("--results", help="also write the tasks' predictions as a COCO results list")
-    exp.set_defaults(func=_export_coco)
+    exp.add_argument(
+        "--eval", action="store_true", help="COCOeval (segm) of the predictions against the annotations"
+    )
+    exp.set_defaults(func=cli_prelabel.export_coco)
 
     srv = sub.add_parser("serve", help="run the Label Studio ML backend (HTTP)")
     srv.add_argument("--host")
@@ -214,9 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     wrk.add_argument("--burst", action="store_true", help="exit once the queues are empty")
     wrk.set_defaults(func=_worker)
 
-    from seggpt_backend.cli_learning import add_commands
-
-    add_commands(sub)
+    cli_learning.add_commands(sub)
+    cli_prelabel.add_commands(sub)
     return parser
 
 
@@ -227,9 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:  # a bad setting ends start-up with its name, not a traceback
         print(f"seggpt-backend: invalid setting: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings)  # httpx kept at WARNING: its INFO lines carry request URLs
     return args.func(args, settings)
 
 

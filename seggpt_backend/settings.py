@@ -102,6 +102,8 @@ class Settings:
     chunk_size: int = field(default=8, metadata={"env": "SEGGPT_CHUNK_SIZE"})
     job_timeout_s: int = field(default=900, metadata={"env": "SEGGPT_JOB_TIMEOUT_S"})
     worker_heartbeat_s: float = field(default=15.0, metadata={"env": "SEGGPT_WORKER_HEARTBEAT_S"})
+    # Pre-label tasks as they are imported (TASKS_CREATED webhook), written back in the background.
+    auto_prelabel: bool = field(default=False, metadata={"env": "SEGGPT_AUTO_PRELABEL"})
 
     # Learning from corrections (in-context tuning, see service/jobs/tuning.py)
     tune_steps: int = field(default=60, metadata={"env": "SEGGPT_TUNE_STEPS"})

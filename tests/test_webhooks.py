@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import threading
 
-from seggpt_backend.service.contract import Job, SyncJob
+import pytest
+
+from seggpt_backend.service.contract import Job, PredictJob, SyncJob
+from seggpt_backend.service.errors import RequestError
 from seggpt_backend.service.http.protocol import WebhookEvent
 from seggpt_backend.service.http.runtime import Runtime
 from seggpt_backend.service.http.webhooks import handle
@@ -94,5 +97,56 @@ def test_start_training_resyncs_examples_in_a_queued_job() -> None:
     rt = _runtime(Recorder())
     try:
         assert "examples come from webhooks only" in handle(rt, _event("webhook_start_training"))["detail"]
+    finally:
+        rt.close()
+
+
+def test_tasks_created_is_ignored_unless_auto_prelabel_is_on() -> None:
+    recorder = Recorder()
+    rt = _runtime(recorder)
+    try:
+        out = handle(rt, _event("webhook_tasks_created"))
+        assert out["status"] == "ok" and "SEGGPT_AUTO_PRELABEL is off" in out["detail"]
+        assert rt.progress.get("1").queued == 0 and recorder.jobs == []
+    finally:
+        rt.close()
+
+
+def test_tasks_created_queues_write_back_jobs_with_auto_prelabel_on() -> None:
+    recorder = Recorder()
+    rt = _runtime(recorder, auto_prelabel=True, label_studio_url="http://ls.test:8080")
+    try:
+        handle(rt, _event("webhook_annotation_created"))  # an example: there is something to predict from
+        out = handle(rt, _event("webhook_tasks_created"))
+        assert (out["status"], out["queued"], out["jobs"]) == ("ok", 1, 1), out
+        assert recorder.done.wait(5)
+        (job,) = [j for j in recorder.jobs if isinstance(j, PredictJob)]
+        assert job.task_ids == [6] and job.writeback == "always" and job.queue == "batch"
+        assert job.tasks[0].images == {"image": "/data/local-files/?d=imgs/local0.png"}
+        assert rt.progress.get("1").queued == 1
+    finally:
+        rt.close()
+
+
+def test_tasks_created_without_url_config_or_examples_is_ignored_with_the_reason() -> None:
+    rt = _runtime(Recorder(), auto_prelabel=True)
+    try:
+        assert "LABEL_STUDIO_URL" in handle(rt, _event("webhook_tasks_created"))["reason"]
+    finally:
+        rt.close()
+    rt = _runtime(Recorder(), auto_prelabel=True, label_studio_url="http://ls.test:8080")
+    try:
+        body = captured("webhook_tasks_created")
+        body["project"]["label_config"] = '<View><Image name="image" value="$image"/></View>'
+        out = handle(rt, WebhookEvent(**body))
+        assert out["status"] == "ignored" and "project 1" in out["reason"] and "BrushLabels" in out["reason"]
+        rt.examples.reconcile("1", [], started_at=0.0)  # filled from the API: no annotation
+        out = handle(rt, _event("webhook_tasks_created"))
+        assert out["status"] == "ignored" and "no examples yet" in out["reason"]
+        bad = captured("webhook_tasks_created")
+        bad["tasks"][0]["id"] = "six"
+        with pytest.raises(RequestError, match=r"tasks\[\]\.id"):
+            handle(rt, WebhookEvent(**bad))
+        assert rt.progress.get("1").queued == 0
     finally:
         rt.close()

@@ -28,6 +28,7 @@ from seggpt_backend.service.errors import RequestError
 from seggpt_backend.service.http import predict as predict_mod
 from seggpt_backend.service.http import training, webhooks
 from seggpt_backend.service.http.health import HealthMonitor, health_body
+from seggpt_backend.service.http.prelabel import progress_gauges
 from seggpt_backend.service.http.protocol import PredictRequest, SetupRequest, WebhookEvent, project_key
 from seggpt_backend.service.http.runtime import Runtime
 
@@ -98,6 +99,16 @@ def train(body: dict[str, Any], rt: Rt) -> dict[str, Any]:
     return {"status": "ok", "tuning": training.request_tuning(rt, project, trigger="train")}
 
 
+@operations.get("/projects/{project}/progress")
+def progress(project: str, rt: Rt) -> dict[str, Any]:
+    """Pre-labelling progress of a project: queued, done, failed (with reasons), rate, ETA."""
+    if not project.isdigit():
+        raise RequestError(
+            f"/projects/{{id}}/progress: the project id must be a positive integer, got {project!r}"
+        )
+    return rt.progress.get(str(int(project))).to_json()
+
+
 @operations.get("/metrics", response_class=PlainTextResponse)
 def metrics(rt: Rt) -> PlainTextResponse:
     gauges: dict[str, float] = {}
@@ -109,6 +120,7 @@ def metrics(rt: Rt) -> PlainTextResponse:
         for (name, st), n in rt.queue.states().items():
             gauges[f'seggpt_queue_jobs{{queue="{name}",state="{st}"}}'] = float(n)
         gauges["seggpt_workers"] = float(rt.worker_status()[0])
+        gauges.update(progress_gauges(rt))
     # Without Redis the recorded series cannot be read; render() logs that and shows the gauges.
     text = rt.metrics.render(gauges)
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")

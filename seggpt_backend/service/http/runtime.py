@@ -35,6 +35,7 @@ from seggpt_backend.service.http.outstanding import Outstanding
 from seggpt_backend.service.store.examples import ExampleStore, compose_model_version
 from seggpt_backend.service.store.kv import KV, RedisKV
 from seggpt_backend.service.store.metrics import Metrics
+from seggpt_backend.service.store.progress import ProgressStore
 from seggpt_backend.service.store.prompts import PromptStore
 from seggpt_backend.service.store.queue import InProcessJobQueue, JobQueue, RQJobQueue
 from seggpt_backend.service.store.results import ResultStore
@@ -61,6 +62,7 @@ class Runtime:
     results: ResultStore = field(init=False)
     metrics: Metrics = field(init=False)
     prompts: PromptStore = field(init=False)
+    progress: ProgressStore = field(init=False)
     outstanding: Outstanding | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -68,6 +70,7 @@ class Runtime:
         self.results = ResultStore(self.kv)
         self.metrics = Metrics(self.kv)
         self.prompts = PromptStore(self.kv, keep=self.settings.prompt_versions_kept)
+        self.progress = ProgressStore(self.kv)
         if not self.queue.embedded:
             # The in-process queue cannot lose a job without losing this process too.
             self.outstanding = Outstanding(self.queue, self.results)

@@ -12,8 +12,11 @@ annotation's RLE and image URL) or enqueues a job:
 - ``START_TRAINING`` ("Start Training" button): the project's examples are re-synced from the
   Label Studio API, and a tuning run is requested: learned prompts are tuned from the accepted
   annotations and promoted only if they beat what is served (:mod:`seggpt_backend.service.jobs.tuning`).
-- anything else (``TASKS_CREATED``, ``PROJECT_UPDATED``...): acknowledged, nothing to do (the
-  label config is read from every request).
+- ``TASKS_CREATED`` (an import): with ``SEGGPT_AUTO_PRELABEL`` on, the new unlabelled tasks are
+  queued for background pre-labelling (:mod:`.prelabel`: written back through the API, one
+  prediction per task and version, progress at ``GET /projects/{id}/progress``); off: ignored.
+- anything else (``PROJECT_UPDATED``...): acknowledged, nothing to do (the label config is read
+  from every request).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 from seggpt_backend.service.contract import SyncJob, parse_targets
 from seggpt_backend.service.errors import ConfigUnsupported, RequestError
+from seggpt_backend.service.http import prelabel
 from seggpt_backend.service.http.protocol import WebhookEvent
 from seggpt_backend.service.http.runtime import Runtime
 from seggpt_backend.service.http.training import request_tuning
@@ -133,4 +137,34 @@ def handle(rt: Runtime, event: WebhookEvent) -> dict[str, Any]:
             "tuning": request_tuning(rt, project, trigger="start-training"),
         }
 
+    if event.action == "TASKS_CREATED":
+        return _tasks_created(rt, project, event)
+
     return {"status": "ok", "action": event.action, "detail": "nothing to do for this event"}
+
+
+def _tasks_created(rt: Runtime, project: str, event: WebhookEvent) -> dict[str, Any]:
+    """Queue pre-labelling of imported tasks (``SEGGPT_AUTO_PRELABEL``); enqueues only."""
+    action = event.action
+    if not rt.settings.auto_prelabel:
+        return {"status": "ok", "action": action, "detail": "nothing to do: SEGGPT_AUTO_PRELABEL is off"}
+    if not rt.settings.label_studio_url:
+        return {
+            "status": "ignored",
+            "action": action,
+            "reason": "pre-labelling writes predictions through the API: set LABEL_STUDIO_URL",
+        }
+    try:
+        targets = parse_targets(str((event.project or {}).get("label_config") or ""))
+    except ConfigUnsupported as exc:
+        return {"status": "ignored", "action": action, "reason": f"project {project}: {exc}"}
+    raw = [t for t in event.tasks or [] if isinstance(t, dict)]
+    for t in raw:
+        _id(t.get("id"), "tasks[].id", action)
+    if rt.examples.count(project) == 0 and rt.examples.is_populated(project):
+        return {"status": "ignored", "action": action, "reason": f"project {project}: no examples yet"}
+    version = rt.model_version(project)
+    chosen = prelabel.select_tasks([prelabel.to_task(t, project) for t in raw], version).chosen
+    queued = prelabel.queue_tasks(rt, project, targets, chosen, version)
+    log.info("project %s: %d imported task(s) queued for pre-labelling", project, len(chosen))
+    return {"status": "ok", "action": action, "queued": len(chosen), "jobs": len(queued.jobs)}

@@ -34,6 +34,7 @@ from seggpt_backend.service.jobs.tuning import Tuner, TuningPolicy, run_summary
 from seggpt_backend.service.store.examples import ExampleStore, compose_model_version
 from seggpt_backend.service.store.kv import KV
 from seggpt_backend.service.store.metrics import Metrics
+from seggpt_backend.service.store.progress import ProgressStore
 from seggpt_backend.service.store.prompts import PromptStore, TuneRun
 from seggpt_backend.service.store.results import ResultStore
 from seggpt_backend.settings import Settings
@@ -58,6 +59,7 @@ class WorkerContext:
     prefetcher: ImagePrefetcher = field(init=False)
     delivery: Delivery = field(init=False)
     prompts: PromptStore = field(init=False)
+    progress: ProgressStore = field(init=False)
     _engine: Engine | None = field(default=None, init=False)
     _runner: ChunkRunner | None = field(default=None, init=False)
     # (project, version) -> the prompt's arrays, read from the KV once per worker.
@@ -69,6 +71,7 @@ class WorkerContext:
         self.results = ResultStore(self.kv)
         self.metrics = Metrics(self.kv)
         self.prompts = PromptStore(self.kv, keep=self.settings.prompt_versions_kept)
+        self.progress = ProgressStore(self.kv)
         self.materializer = Materializer(self.kv, self.fetch, max_pixels=self.settings.max_image_pixels)
         self.prefetcher = ImagePrefetcher(
             self.fetch, max_pixels=self.settings.max_image_pixels, keep=max(16, 4 * self.settings.chunk_size)
@@ -335,6 +338,18 @@ def _offer(ctx: WorkerContext, job: PredictJob, task: JobTask) -> None:
     )
 
 
+def _progress(ctx: WorkerContext, job: PredictJob, task_id: int, error: str | None) -> None:
+    """Background pre-labelling (``writeback="always"``) counts each finished task in the
+    project's progress (:mod:`seggpt_backend.service.store.progress`); the count is best effort:
+    a failure to record it must not fail a computed job."""
+    if job.writeback != "always":
+        return
+    try:
+        ctx.progress.finish(job.project, task_id, error=error)
+    except Exception as exc:
+        log.warning("project %s: task %s: progress not recorded: %s", job.project, task_id, exc)
+
+
 def _predict(ctx: WorkerContext, job: PredictJob) -> dict[str, Any]:
     project, version, ids = job.project, job.model_version, job.task_ids
     tasks = list(job.tasks)
@@ -347,6 +362,7 @@ def _predict(ctx: WorkerContext, job: PredictJob) -> dict[str, Any]:
             for task in job.tasks:
                 if task.id in cached:
                     _offer(ctx, job, task)
+                    _progress(ctx, job, task.id, None)
         tasks = [t for t in tasks if t.id not in cached]
         if not tasks:
             ctx.results.notify(job.channel, ids)
@@ -383,5 +399,6 @@ def _predict(ctx: WorkerContext, job: PredictJob) -> dict[str, Any]:
             )
             if entry.ok:
                 _offer(ctx, job, by_id[tid])
+            _progress(ctx, job, tid, entry.error)
     ctx.results.notify(job.channel, ids)
     return {"tasks": len(ids), "computed": len(outcome.entries), "failed": failed}
