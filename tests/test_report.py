@@ -101,3 +101,23 @@ def test_cli_report_from_redis_and_its_errors(tmp_path: Path, monkeypatch, capsy
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there
     assert main(["report", "--project", "5", "--out", str(tmp_path / "z")]) == 2
     assert "project 5: cannot read the quality measurements" in capsys.readouterr().err
+
+
+def test_the_quality_route_serves_the_measurements_as_json() -> None:
+    from fastapi.testclient import TestClient
+
+    from seggpt_backend.service.server import create_app
+    from seggpt_backend.settings import Settings
+
+    settings = Settings.from_env({"SEGGPT_WEIGHTS": "random:tiny", "SEGGPT_DEVICE": "cpu"})
+    with TestClient(create_app(settings)) as client:
+        store = QualityStore(client.app.state.runtime.kv)  # type: ignore[attr-defined]
+        for e in _entries():
+            store.record("5", e)
+        body = client.get("/quality/5.1795307990").json()
+        assert body["project"] == "5"
+        assert [Measurement.from_json(e) for e in body["entries"]] == _entries()
+        assert client.get("/quality/7").json() == {"project": "7", "entries": []}
+        assert client.get("/quality/abc").status_code == 422
+        metrics = client.get("/metrics").text
+        assert 'seggpt_suggestion_iou_rolling{label="Cat",project="5"}' in metrics
