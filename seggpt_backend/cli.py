@@ -1,4 +1,5 @@
 """``seggpt-backend`` command line: ``segment`` (try SegGPT on files), ``serve``, ``worker``,
+``report`` (suggestion quality of a project),
 ``tune`` and ``prompts`` (the learning loop, :mod:`seggpt_backend.cli_learning`).
 
 Settings come from the environment (:class:`seggpt_backend.settings.Settings`); flags override.
@@ -132,6 +133,54 @@ def _colour_classes(masks: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarr
     return snapped, refs[1:].astype(np.uint8)
 
 
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    """Suggestion-quality report of one project (:mod:`seggpt_backend.report`); exit 2 when the
+    project id is bad, the measurements cannot be read, or there are none yet."""
+    from seggpt_backend.labelstudio.client import parse_project_id
+    from seggpt_backend.report import write_report
+    from seggpt_backend.service.store.quality import Measurement, QualityStore
+
+    try:
+        project = str(parse_project_id(args.project))
+    except ValueError as exc:
+        print(f"error: --project: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.backend:
+            import httpx
+
+            auth = (settings.basic_auth_user, settings.basic_auth_pass) if settings.basic_auth_user else None
+            r = httpx.get(f"{args.backend.rstrip('/')}/quality/{project}", auth=auth, timeout=30)
+            r.raise_for_status()
+            entries = [Measurement.from_json(e) for e in r.json()["entries"]]
+        elif settings.redis_url:
+            from seggpt_backend.service.store.kv import RedisKV
+
+            entries = QualityStore(RedisKV.from_url(settings.redis_url, settings.key_prefix)).entries(project)
+        else:
+            print(
+                "error: the measurements live in the backend's store: set REDIS_URL (and SEGGPT_KEY_PREFIX) "
+                "as for `serve`, or pass --backend http://HOST:PORT of a running backend (embedded mode)",
+                file=sys.stderr,
+            )
+            return 2
+    except Exception as exc:  # Redis down, backend unreachable, a bad answer: say so, no traceback
+        print(f"error: project {project}: cannot read the quality measurements: {exc}", file=sys.stderr)
+        return 2
+    if not entries:
+        print(
+            f"error: project {project}: no measurements yet (they are recorded when an annotation is "
+            "submitted on a task that carries a prediction of this backend)",
+            file=sys.stderr,
+        )
+        return 2
+    data = write_report(project, entries, Path(args.out))
+    for label, s in data["labels"].items():
+        print(f"{label}: n={s['n']} mean IoU {s['mean_iou']:.3f} (rolling {s['rolling_mean_iou']:.3f})")
+    print(f"{Path(args.out) / 'index.html'}: {data['measurements']} measured submissions")
+    return 0
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from seggpt_backend.service.server import run_server
 
@@ -186,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval", action="store_true", help="COCOeval (segm) of the predictions against the annotations"
     )
     exp.set_defaults(func=cli_prelabel.export_coco)
+
+    rep = sub.add_parser("report", help="suggestion quality of a project: HTML page, PNG plots, figures.json")
+    rep.add_argument("--project", required=True, help="Label Studio project id")
+    rep.add_argument("--out", required=True, help="directory to write index.html, *.png and figures.json")
+    rep.add_argument(
+        "--backend", help="read the measurements from a running backend (http://HOST:PORT) instead of Redis"
+    )
+    rep.set_defaults(func=_report)
 
     srv = sub.add_parser("serve", help="run the Label Studio ML backend (HTTP)")
     srv.add_argument("--host")

@@ -50,6 +50,7 @@ MINIMUM: dict[str, float] = {
     "tune_margin": -1,
     "tune_every": 0,
     "prompt_versions_kept": 1,
+    "polygon_tolerance": 0,
 }
 
 
@@ -78,6 +79,8 @@ class Settings:
     split_components: bool = field(default=False, metadata={"env": "SEGGPT_SPLIT_COMPONENTS"})
     replace_superseded: bool = field(default=True, metadata={"env": "SEGGPT_REPLACE_SUPERSEDED"})
     max_image_pixels: int = field(default=100_000_000, metadata={"env": "SEGGPT_MAX_IMAGE_PIXELS"})
+    # PolygonLabels output: Douglas-Peucker tolerance in pixels of the image (0: every boundary pixel).
+    polygon_tolerance: float = field(default=1.0, metadata={"env": "SEGGPT_POLYGON_TOLERANCE"})
 
     # Label Studio
     label_studio_url: str = field(default="", metadata={"env": "LABEL_STUDIO_URL"})

@@ -295,7 +295,10 @@ def _mangled(path: tuple[str | int, ...], value: object, name: str = "webhook_an
         (_mangled(("annotation", "id"), "x1"), "annotation.id"),
         (_mangled(("annotation", "id"), 1.5), "annotation.id"),
         (_mangled(("task", "id"), [3]), "task.id"),
-        (_mangled(("annotation", "result", 0, "value", "rle"), ["a", "b"]), "malformed brush region"),
+        (
+            _mangled(("annotation", "result", 0, "value", "rle"), ["a", "b"]),
+            "malformed brush or polygon region",
+        ),
         (_mangled(("annotations",), [{"id": "seven"}], "webhook_annotations_deleted"), "annotations[].id"),
     ],
 )

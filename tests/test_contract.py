@@ -12,6 +12,7 @@ from seggpt_backend.service.contract import (
     PredictJob,
     Prompt,
     PruneJob,
+    QualityJob,
     SyncJob,
     Target,
     TaskResult,
@@ -34,7 +35,26 @@ JOB = PredictJob(
 )
 
 
-@pytest.mark.parametrize("job", [JOB, SyncJob("3", force=True), PruneJob("3", (11, 12))])
+POLYGON_JOB = PredictJob(
+    project="3",
+    model_version="seggpt-demo.ex-none",
+    targets=(Target("poly", "image", "image", ("Cat",), kind="polygon"),),
+    tasks=(JobTask(8, {"image": "/data/upload/3/b.png"}),),
+    channel="def",
+    queue="batch",
+)
+
+
+@pytest.mark.parametrize(
+    "job",
+    [
+        JOB,
+        POLYGON_JOB,
+        SyncJob("3", force=True),
+        PruneJob("3", (11, 12)),
+        QualityJob("3", task_id=7, annotation_id=9),
+    ],
+)
 def test_jobs_round_trip_through_json(job) -> None:
     wire = json.loads(json.dumps(job.to_json()))  # what RQ's JSONSerializer carries
     assert wire["v"] == CONTRACT_VERSION
@@ -88,3 +108,19 @@ def test_a_task_result_is_a_prediction_or_a_failure_and_survives_json() -> None:
     assert not failed.ok and failed.result == ()
     assert failed.to_json() == {"error": "task 7: image 404", "messages": ["label 'Dog' skipped"]}
     assert TaskResult.from_json(failed.to_json()) == failed
+
+
+def test_polygon_targets_and_quality_jobs_are_checked() -> None:
+    (target,) = parse_targets(
+        '<View><Image name="image" value="$image"/>'
+        '<PolygonLabels name="poly" toName="image"><Label value="Cat"/></PolygonLabels></View>'
+    )
+    assert (target.from_name, target.kind, target.labels) == ("poly", "polygon", ("Cat",))
+    wire = POLYGON_JOB.to_json()
+    wire["targets"][0]["kind"] = "ellipse"
+    with pytest.raises(ContractError, match="unknown target kind 'ellipse'"):
+        PredictJob.from_json(wire)
+    del wire["targets"][0]["kind"]  # a payload from before polygons: brush
+    assert PredictJob.from_json(wire).targets[0].kind == "brush"
+    with pytest.raises(ContractError, match="malformed quality job"):
+        QualityJob.from_json({"v": CONTRACT_VERSION, "project": "3", "task_id": "x", "annotation_id": 1})

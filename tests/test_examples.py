@@ -135,3 +135,34 @@ def test_masks_of_records_round_trip_exactly() -> None:
     rec = record_from_annotation(ann, {"id": 3, "data": {"image": "/x.png"}}, FIELDS)
     assert rec is not None
     assert np.array_equal(rle.decode(list(rec.regions[0].rle), 30, 40) > 0, mask)
+
+
+def test_polygon_annotation_becomes_a_rasterised_record() -> None:
+    from seggpt_backend.labelstudio.polygon import rasterize
+
+    points = [[10.0, 10.0], [60.0, 12.0], [40.0, 80.0]]
+    annotation = {
+        "id": 5,
+        "updated_at": "2026-11-22T00:40:19Z",
+        "result": [
+            {
+                "id": "p1",
+                "from_name": "poly",
+                "to_name": "image",
+                "type": "polygonlabels",
+                "original_width": 64,
+                "original_height": 48,
+                "value": {"points": points, "polygonlabels": ["Cat"], "closed": True},
+            }
+        ],
+    }
+    task = {"id": 9, "data": {"image": "/data/upload/1/a.png"}}
+    record = record_from_annotation(annotation, task, FIELDS)
+    assert record is not None
+    (region,) = record.regions
+    assert (region.label, region.from_name, region.width, region.height) == ("Cat", "poly", 64, 48)
+    mask = rle.decode(list(region.rle), 48, 64) >= 128
+    assert np.array_equal(mask, rasterize(points, 64, 48)) and mask.sum() > 100
+    annotation["result"][0]["value"]["points"] = [[1, 1], [2, 2]]
+    with pytest.raises(ValueError, match="at least 3"):
+        record_from_annotation(annotation, task, FIELDS)

@@ -159,10 +159,13 @@ def test_smart_tool_not_bound_to_an_image_is_ignored() -> None:
 @pytest.mark.parametrize(
     ("config", "expected"),
     [
-        ("<View/>", ["no <Image> object tag", "no <BrushLabels> control bound to an <Image>"]),
+        (
+            "<View/>",
+            ["no <Image> object tag", "no <BrushLabels> or <PolygonLabels> control bound to an <Image>"],
+        ),
         (
             '<View><Image name="i" value="$i"/><Choices name="c" toName="i"><Choice value="a"/></Choices></View>',
-            ["no <BrushLabels> control bound to an <Image>"],
+            ["no <BrushLabels> or <PolygonLabels> control bound to an <Image>"],
         ),
         (
             '<View><Image name="i" value="$i"/><Brush name="b" toName="i"/></View>',
@@ -280,3 +283,45 @@ def test_error_is_a_value_error_with_problems() -> None:
     err = LabelConfigError(["a", "b"])
     assert isinstance(err, ValueError) and err.problems == ("a", "b") and str(err) == "a; b"
     assert LabelConfigError([]).problems == ("invalid label config",)
+
+
+POLYGONS = """
+<View>
+  <Image name="image" value="$image"/>
+  <PolygonLabels name="poly" toName="image" strokeWidth="2">
+    <Label value="Cat"/><Label value="Dog" alias="d"/>
+  </PolygonLabels>
+</View>
+"""
+
+
+def test_polygon_labels_are_a_servable_segmentation_control() -> None:
+    config = parse_label_config(POLYGONS)
+    assert config.brush_controls == ()
+    (control,) = config.polygon_controls
+    assert (control.name, control.to_name, control.image_key, control.kind) == (
+        "poly",
+        "image",
+        "image",
+        "polygon",
+    )
+    assert control.labels == ("Cat", "d")
+    assert config.segmentation_controls == (control,)
+    assert "PolygonLabels 'poly' -> Image 'image'" in config.describe()
+
+
+def test_brush_and_polygon_controls_together_and_a_shared_name_is_refused() -> None:
+    both = POLYGONS.replace(
+        "</View>", '<BrushLabels name="tag" toName="image"><Label value="Cat"/></BrushLabels></View>'
+    )
+    config = parse_label_config(both)
+    assert [c.kind for c in config.segmentation_controls] == ["brush", "polygon"]
+    clash = POLYGONS.replace(
+        "</View>", '<BrushLabels name="poly" toName="image"><Label value="Cat"/></BrushLabels></View>'
+    )
+    with pytest.raises(LabelConfigError, match="named 'poly'"):
+        parse_label_config(clash)
+    with pytest.raises(LabelConfigError, match="PolygonLabels 'poly' has no <Label>"):
+        parse_label_config(
+            '<View><Image name="image" value="$image"/><PolygonLabels name="poly" toName="image"/></View>'
+        )

@@ -126,4 +126,5 @@ def test_job_functions_resolve_to_the_worker_entry_points() -> None:
         "sync": entry.sync_job,
         "prune": entry.prune_job,
         "tune": entry.tune_job,
+        "quality": entry.quality_job,
     }

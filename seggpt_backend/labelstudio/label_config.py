@@ -13,6 +13,9 @@ What is read:
 - Smart tools (``KeyPointLabels``, ``RectangleLabels`` and their label-less ``KeyPoint``/
   ``Rectangle``) bound to an Image: the editor sends their regions as ``params.context`` for
   interactive predictions; their labels name the BrushLabels label to predict.
+- ``<PolygonLabels name="poly" toName="image">`` controls, read like BrushLabels
+  (:attr:`LabelConfig.polygon_controls`, ``kind == "polygon"``): examples are rasterised from
+  their polygons and predictions are written as polygons (:mod:`.polygon`).
 - ``<Brush>`` (label-less brush): recorded in :attr:`LabelConfig.plain_brushes` only; it cannot
   tell classes apart, so it does not make a config servable.
 
@@ -86,13 +89,15 @@ class ImageObject:
 
 @dataclass(frozen=True)
 class BrushControl:
-    """A ``<BrushLabels>`` control bound to an Image (``to_name``; ``to_names`` if it lists several)."""
+    """A ``<BrushLabels>`` (``kind`` ``"brush"``) or ``<PolygonLabels>`` (``kind`` ``"polygon"``)
+    control bound to an Image (``to_name``; ``to_names`` if it lists several)."""
 
     name: str
     to_name: str
     image_key: str
     label_defs: tuple[LabelDef, ...]
     to_names: tuple[str, ...] = ()
+    kind: str = "brush"
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -129,17 +134,22 @@ class LabelConfig:
     brush_controls: tuple[BrushControl, ...]
     smart_tools: tuple[SmartControl, ...] = ()
     plain_brushes: tuple[str, ...] = field(default=())
+    polygon_controls: tuple[BrushControl, ...] = ()
+
+    @property
+    def segmentation_controls(self) -> tuple[BrushControl, ...]:
+        """BrushLabels then PolygonLabels controls: everything SegGPT can predict."""
+        return (*self.brush_controls, *self.polygon_controls)
 
     def describe(self) -> str:
         """A short human-readable summary (for logs and ``/setup`` diagnostics)."""
         lines = []
-        for c in self.brush_controls:
+        for c in self.segmentation_controls:
             labels = ", ".join(
                 d.value if not d.alias else f"{d.value} (alias {d.alias})" for d in c.label_defs
             )
-            lines.append(
-                f"BrushLabels {c.name!r} -> Image {c.to_name!r} (data key {c.image_key!r}): {labels}"
-            )
+            tag = "BrushLabels" if c.kind == "brush" else "PolygonLabels"
+            lines.append(f"{tag} {c.name!r} -> Image {c.to_name!r} (data key {c.image_key!r}): {labels}")
         for s in self.smart_tools:
             labels = ", ".join(s.labels) if s.labels else "no labels"
             lines.append(f"{s.tag} {s.name!r} -> Image {s.to_name!r}: {labels}")
@@ -226,14 +236,25 @@ def parse_label_config(text: str | bytes) -> LabelConfig:
         images[name] = ImageObject(name, raw, key, is_list)
 
     brushes: list[BrushControl] = []
+    polygons: list[BrushControl] = []
     brush_names: set[str] = set()
-    for i, el in enumerate(e for e in elements if _tag(e) == "brushlabels"):
+    controls = [(e, "brush") for e in elements if _tag(e) == "brushlabels"]
+    controls += [(e, "polygon") for e in elements if _tag(e) == "polygonlabels"]
+    counts = {"brush": 0, "polygon": 0}
+    seen_kinds: dict[str, str] = {}
+    for el, kind in controls:
+        counts[kind] += 1
+        tag = "BrushLabels" if kind == "brush" else "PolygonLabels"
         name = el.get("name")
-        what = f"BrushLabels {name!r}" if name else f"BrushLabels #{i + 1}"
+        what = f"{tag} {name!r}" if name else f"{tag} #{counts[kind]}"
         if not name:
             problems.append(f"{what} has no name attribute")
         elif name in brush_names:
-            problems.append(f"two <BrushLabels> are named {name!r}")
+            other = "BrushLabels" if seen_kinds[name] == "brush" else "PolygonLabels"
+            pair = f"<{tag}>" if other == tag else f"<{other}> and <{tag}>"
+            problems.append(f"two {pair} are named {name!r}")
+        if name:
+            seen_kinds.setdefault(name, kind)
         to_names = _to_names(el)
         defs = _label_defs(el, what, problems, required=True)
         if not to_names:
@@ -254,7 +275,8 @@ def parse_label_config(text: str | bytes) -> LabelConfig:
             continue
         if name and name not in brush_names:
             brush_names.add(name)
-            brushes.append(BrushControl(name, to_names[0], image.data_key, defs, to_names))
+            found = BrushControl(name, to_names[0], image.data_key, defs, to_names, kind)
+            (brushes if kind == "brush" else polygons).append(found)
 
     smart: list[SmartControl] = []
     for el in elements:
@@ -279,7 +301,7 @@ def parse_label_config(text: str | bytes) -> LabelConfig:
 
     plain = tuple(el.get("name", "") for el in elements if _tag(el) == "brush" and el.get("name"))
 
-    if not problems and not brushes:
+    if not problems and not brushes and not polygons:
         if not images:
             problems.append('no <Image> object tag (e.g. <Image name="image" value="$image"/>)')
         hint = (
@@ -288,9 +310,9 @@ def parse_label_config(text: str | bytes) -> LabelConfig:
             else ""
         )
         problems.append(
-            "no <BrushLabels> control bound to an <Image>: SegGPT predicts brush masks, so the config needs "
-            f'e.g. <BrushLabels name="tag" toName="image"><Label value="Cat"/></BrushLabels>{hint}'
+            "no <BrushLabels> or <PolygonLabels> control bound to an <Image>: SegGPT predicts masks, so the "
+            f'config needs e.g. <BrushLabels name="tag" toName="image"><Label value="Cat"/></BrushLabels>{hint}'
         )
     if problems:
         raise LabelConfigError(problems)
-    return LabelConfig(tuple(images.values()), tuple(brushes), tuple(smart), plain)
+    return LabelConfig(tuple(images.values()), tuple(brushes), tuple(smart), plain, tuple(polygons))

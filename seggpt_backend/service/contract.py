@@ -30,12 +30,15 @@ back through the Label Studio API; ``always``: write back (background pre-labell
 
 @dataclass(frozen=True)
 class Target:
-    """A BrushLabels control: its name, the Image it paints on, that Image's task-data key, labels."""
+    """A BrushLabels or PolygonLabels control: its name, the Image it paints on, that Image's
+    task-data key, labels, and ``kind``: ``"brush"`` (brush RLE regions) or ``"polygon"``
+    (``polygonlabels`` regions, see :mod:`seggpt_backend.labelstudio.polygon`)."""
 
     from_name: str
     to_name: str
     data_key: str
     labels: tuple[str, ...]
+    kind: str = "brush"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -43,17 +46,25 @@ class Target:
             "to_name": self.to_name,
             "data_key": self.data_key,
             "labels": list(self.labels),
+            "kind": self.kind,
         }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Target:
+        kind = str(d.get("kind") or "brush")
+        if kind not in ("brush", "polygon"):
+            raise ContractError(f"unknown target kind {kind!r}")
         return cls(
-            str(d["from_name"]), str(d["to_name"]), str(d["data_key"]), tuple(str(x) for x in d["labels"])
+            str(d["from_name"]),
+            str(d["to_name"]),
+            str(d["data_key"]),
+            tuple(str(x) for x in d["labels"]),
+            kind,
         )
 
 
 def parse_targets(label_config: str) -> list[Target]:
-    """The BrushLabels controls of a config, each with its Image's task-data key.
+    """The BrushLabels and PolygonLabels controls of a config, each with its Image's task-data key.
 
     Raises :class:`ConfigUnsupported` with a readable reason when the config cannot be served
     (not XML, no Image, no BrushLabels control with labels).
@@ -65,14 +76,14 @@ def parse_targets(label_config: str) -> list[Target]:
     except LabelConfigError as exc:
         raise ConfigUnsupported(f"unsupported labelling config: {exc}") from exc
     targets = [
-        Target(from_name=c.name, to_name=c.to_name, data_key=c.image_key, labels=tuple(c.labels))
-        for c in config.brush_controls
+        Target(from_name=c.name, to_name=c.to_name, data_key=c.image_key, labels=tuple(c.labels), kind=c.kind)
+        for c in config.segmentation_controls
     ]
     if not targets:
         found = config.describe()
         raise ConfigUnsupported(
-            "unsupported labelling config: SegGPT predicts brush masks, so the config needs a "
-            '<BrushLabels name="..." toName="<Image name>"> with at least one <Label>'
+            "unsupported labelling config: SegGPT predicts masks, so the config needs a "
+            '<BrushLabels name="..." toName="<Image name>"> (or <PolygonLabels>) with at least one <Label>'
             + (f"; it has: {'; '.join(found.splitlines())}" if found else "")
         )
     return targets
@@ -265,6 +276,36 @@ class PruneJob:
             raise ContractError(f"malformed prune job: {type(exc).__name__}: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class QualityJob:
+    """Measure this backend's prediction of ``task_id`` against annotation ``annotation_id``
+    (submitted or updated in ``project``), see :mod:`seggpt_backend.service.jobs.quality`."""
+
+    project: str
+    task_id: int
+    annotation_id: int
+
+    kind = "quality"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": CONTRACT_VERSION,
+            "project": self.project,
+            "task_id": self.task_id,
+            "annotation_id": self.annotation_id,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> QualityJob:
+        _check_version(d)
+        try:
+            return cls(
+                project=str(d["project"]), task_id=int(d["task_id"]), annotation_id=int(d["annotation_id"])
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ContractError(f"malformed quality job: {type(exc).__name__}: {exc}") from exc
+
+
 TuneTrigger = Literal["start-training", "train", "auto", "cli"]
 """What asked for a tuning run: Label Studio's Start Training (``START_TRAINING`` webhook), the
 legacy ``POST /train``, the automatic trigger after N accepted annotations, the command line."""
@@ -312,7 +353,7 @@ class TuneJob:
             raise ContractError(f"malformed tune job: {type(exc).__name__}: {exc}") from exc
 
 
-Job = PredictJob | SyncJob | PruneJob | TuneJob
+Job = PredictJob | SyncJob | PruneJob | TuneJob | QualityJob
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from seggpt_backend.service.contract import Job, PredictJob, PruneJob, TuneJob
+from seggpt_backend.service.contract import Job, PredictJob, PruneJob, QualityJob, TuneJob
 from seggpt_backend.service.http.app import build_app
 from seggpt_backend.service.http.runtime import Runtime
 from seggpt_backend.service.jobs import entry as jobs
@@ -40,6 +40,8 @@ def make_runtime(settings: Settings) -> Runtime:
             return jobs.execute_prune(ctx, job)
         if isinstance(job, TuneJob):
             return jobs.execute_tune(ctx, job)
+        if isinstance(job, QualityJob):
+            return jobs.execute_quality(ctx, job)
         return jobs.execute_sync(ctx, job)
 
     queue = InProcessJobQueue(run, start=lambda: ctx.engine)

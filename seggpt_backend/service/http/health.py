@@ -74,6 +74,23 @@ def take_snapshot(runtime: Runtime) -> HealthSnapshot:
     return HealthSnapshot(redis_state, workers, problem, engine_version, queues, taken_at, monotonic_at)
 
 
+def quality_gauges(runtime: Runtime) -> dict[str, float]:
+    """``/metrics`` gauges of suggestion quality: the rolling mean IoU and its sample count per
+    project and label (:class:`~seggpt_backend.service.store.quality.QualityStore`; a few small
+    hashes are read, the measurements themselves are not)."""
+    from seggpt_backend.service.store.metrics import _labels
+    from seggpt_backend.service.store.quality import QualityStore
+
+    store = QualityStore(runtime.kv)
+    out: dict[str, float] = {}
+    for project in store.projects():
+        for label, (mean, n) in store.rolling(project).items():
+            tags = _labels({"project": project, "label": label})
+            out[f"seggpt_suggestion_iou_rolling{tags}"] = mean
+            out[f"seggpt_suggestion_iou_samples{tags}"] = float(n)
+    return out
+
+
 def failed_snapshot(reason: str) -> HealthSnapshot:
     """A ``DOWN`` snapshot for a refresh that raised (``reason``: e.g. the exception's type)."""
     return HealthSnapshot(

@@ -13,7 +13,9 @@
              run of the body's ``project`` (:mod:`seggpt_backend.service.http.training`).
 ===========  ===========================================================================
 
-``operations``: ``GET /metrics`` (Prometheus text format).
+``operations``: ``GET /metrics`` (Prometheus text format); ``GET /quality/{project}``: the
+project's suggestion-quality measurements as JSON (what ``seggpt-backend report --backend URL``
+reads; :mod:`seggpt_backend.service.store.quality`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from seggpt_backend.service.contract import parse_targets
 from seggpt_backend.service.errors import RequestError
 from seggpt_backend.service.http import predict as predict_mod
 from seggpt_backend.service.http import training, webhooks
-from seggpt_backend.service.http.health import HealthMonitor, health_body
+from seggpt_backend.service.http.health import HealthMonitor, health_body, quality_gauges
 from seggpt_backend.service.http.prelabel import progress_gauges
 from seggpt_backend.service.http.protocol import PredictRequest, SetupRequest, WebhookEvent, project_key
 from seggpt_backend.service.http.runtime import Runtime
@@ -121,6 +123,19 @@ def metrics(rt: Rt) -> PlainTextResponse:
             gauges[f'seggpt_queue_jobs{{queue="{name}",state="{st}"}}'] = float(n)
         gauges["seggpt_workers"] = float(rt.worker_status()[0])
         gauges.update(progress_gauges(rt))
+        gauges.update(quality_gauges(rt))
     # Without Redis the recorded series cannot be read; render() logs that and shows the gauges.
     text = rt.metrics.render(gauges)
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@operations.get("/quality/{project}")
+def quality(project: str, rt: Rt) -> dict[str, Any]:
+    """``{"project": P, "entries": [Measurement JSON, ...]}`` oldest first (422 for a bad id)."""
+    import json
+
+    from seggpt_backend.service.store.quality import QualityStore
+
+    key = project_key(project)
+    entries = QualityStore(rt.kv).entries(key)
+    return {"project": key, "entries": [json.loads(e.to_json()) for e in entries]}

@@ -7,7 +7,9 @@ annotation's RLE and image URL) or enqueues a job:
   if it has brush regions and was not skipped; otherwise any earlier example from it is removed.
   The next prediction (on any worker) uses it: the record is in the shared store before the
   webhook answers, and the model version changes with it. With ``SEGGPT_TUNE_EVERY`` = N > 0,
-  every N-th stored annotation also requests a tuning run (:mod:`.training`).
+  every N-th stored annotation also requests a tuning run (:mod:`.training`). When the task
+  carries predictions, a quality job is queued: a worker measures this backend's prediction
+  against the submitted annotation (per-label IoU, :mod:`seggpt_backend.service.jobs.quality`).
 - ``ANNOTATIONS_DELETED``: those examples are removed (with their cached pixels).
 - ``START_TRAINING`` ("Start Training" button): the project's examples are re-synced from the
   Label Studio API, and a tuning run is requested: learned prompts are tuned from the accepted
@@ -25,7 +27,7 @@ import hashlib
 import logging
 from typing import Any
 
-from seggpt_backend.service.contract import SyncJob, parse_targets
+from seggpt_backend.service.contract import QualityJob, SyncJob, parse_targets
 from seggpt_backend.service.errors import ConfigUnsupported, RequestError
 from seggpt_backend.service.http import prelabel
 from seggpt_backend.service.http.protocol import WebhookEvent
@@ -42,6 +44,23 @@ def enqueue_fill(rt: Runtime, project: str, *, force: bool) -> str | None:
         return None
     job_id = "seggpt-sync-" + hashlib.sha1(f"{rt.settings.key_prefix}|{project}".encode()).hexdigest()[:24]
     return rt.queue.enqueue("interactive", SyncJob(project=project, force=force), job_id=job_id)
+
+
+def enqueue_quality(
+    rt: Runtime, project: str, task: dict[str, Any], annotation: dict[str, Any]
+) -> str | None:
+    """Queue the measurement of the task's prediction against this annotation
+    (:mod:`seggpt_backend.service.jobs.quality`), unless there is nothing to measure: no Label
+    Studio API to read the prediction from, a skipped annotation, or a task without predictions.
+    Deduplicated per annotation revision (``updated_at``)."""
+    if not rt.settings.label_studio_url or annotation.get("was_cancelled") or task.get("id") is None:
+        return None
+    if task.get("total_predictions") == 0 and annotation.get("parent_prediction") is None:
+        return None
+    stamp = f"{rt.settings.key_prefix}|{project}|{annotation['id']}|{annotation.get('updated_at')}"
+    job_id = "seggpt-quality-" + hashlib.sha1(stamp.encode()).hexdigest()[:24]
+    job = QualityJob(project=project, task_id=int(task["id"]), annotation_id=int(annotation["id"]))
+    return rt.queue.enqueue("interactive", job, job_id=job_id)
 
 
 def _id(value: object, what: str, action: str) -> int:
@@ -74,11 +93,12 @@ def handle(rt: Runtime, event: WebhookEvent) -> dict[str, Any]:
         except ConfigUnsupported as exc:
             return {"status": "ignored", "action": event.action, "reason": str(exc)}
         fields = {t.to_name: t.data_key for t in targets}
+        quality_job = enqueue_quality(rt, project, task, annotation)
         try:
             record = record_from_annotation(annotation, task, fields)
         except (TypeError, ValueError) as exc:  # e.g. a non-numeric RLE run or size
             raise RequestError(
-                f"webhook {event.action}: annotation {annotation_id}: malformed brush region ({exc})"
+                f"webhook {event.action}: annotation {annotation_id}: malformed brush or polygon region ({exc})"
             ) from exc
         if record is None:
             removed = rt.examples.delete(project, [annotation_id])
@@ -88,6 +108,7 @@ def handle(rt: Runtime, event: WebhookEvent) -> dict[str, Any]:
                 "action": event.action,
                 "examples": rt.examples.count(project),
                 "stored": False,
+                "quality": quality_job,
             }
         old = rt.examples.upsert(project, record)
         if old is not None and old != record.rev:
@@ -103,6 +124,7 @@ def handle(rt: Runtime, event: WebhookEvent) -> dict[str, Any]:
             "action": event.action,
             "examples": rt.examples.count(project),
             "stored": True,
+            "quality": quality_job,
         }
         if old != record.rev and rt.prompts.count_accepted(project, rt.settings.tune_every):
             answer["tuning"] = request_tuning(rt, project, trigger="auto")

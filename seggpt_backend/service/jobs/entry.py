@@ -24,8 +24,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seggpt_backend.engine.interface import Engine, LearnedPrompt, TuneOptions
-from seggpt_backend.service.contract import JobTask, PredictJob, PruneJob, SyncJob, TaskResult, TuneJob
-from seggpt_backend.service.jobs import sync
+from seggpt_backend.service.contract import (
+    JobTask,
+    PredictJob,
+    PruneJob,
+    QualityJob,
+    SyncJob,
+    TaskResult,
+    TuneJob,
+)
+from seggpt_backend.service.jobs import quality, sync
 from seggpt_backend.service.jobs.delivery import Delivery
 from seggpt_backend.service.jobs.materialize import Materializer
 from seggpt_backend.service.jobs.pipeline import Chunk, ChunkRunner, Options, ServedPrompt
@@ -36,6 +44,7 @@ from seggpt_backend.service.store.kv import KV
 from seggpt_backend.service.store.metrics import Metrics
 from seggpt_backend.service.store.progress import ProgressStore
 from seggpt_backend.service.store.prompts import PromptStore, TuneRun
+from seggpt_backend.service.store.quality import QualityStore
 from seggpt_backend.service.store.results import ResultStore
 from seggpt_backend.settings import Settings
 
@@ -174,6 +183,7 @@ class WorkerContext:
             ensemble=s.ensemble,
             seg_type=s.seg_type,
             multilabel=s.multilabel,
+            polygon_tolerance=s.polygon_tolerance,
         )
 
     def close(self) -> None:
@@ -246,6 +256,47 @@ def execute_prune(ctx: WorkerContext, job: PruneJob) -> dict[str, Any]:
 def sync_job(payload: dict[str, Any]) -> dict[str, Any]:
     """RQ entry point for ``sync`` payloads (:class:`SyncJob` as JSON)."""
     return execute_sync(current(), SyncJob.from_json(payload))
+
+
+def quality_job(payload: dict[str, Any]) -> dict[str, Any]:
+    """RQ entry point for ``quality`` payloads (:class:`QualityJob` as JSON)."""
+    return execute_quality(current(), QualityJob.from_json(payload))
+
+
+def execute_quality(ctx: WorkerContext, job: QualityJob) -> dict[str, Any]:
+    """Measure the task's prediction against the submitted annotation (:mod:`.quality`).
+
+    Without a Label Studio client there is no prediction to read: nothing is recorded. A task
+    that is gone (deleted since the webhook) is not an error either.
+    """
+    summary: dict[str, Any] = {"project": job.project, "task": job.task_id, "annotation": job.annotation_id}
+    if ctx.client is None:
+        return {**summary, "recorded": False, "reason": "LABEL_STUDIO_URL is not set"}
+    from seggpt_backend.labelstudio.client import LabelStudioError
+
+    try:
+        task = ctx.client.get_task(job.task_id)
+    except LabelStudioError as exc:
+        if getattr(exc, "status_code", None) == 404:
+            return {**summary, "recorded": False, "reason": f"task {job.task_id} no longer exists"}
+        raise
+    if not task.get("predictions") and task.get("total_predictions"):
+        task = {**task, "predictions": ctx.client.list_predictions(job.task_id)}
+    measurement = quality.measure(task, job.annotation_id)
+    if measurement is None:
+        return {**summary, "recorded": False, "reason": "no prediction of this backend to compare with"}
+    QualityStore(ctx.kv).record(job.project, measurement)
+    for x in measurement.labels:
+        ctx.metrics.inc("seggpt_suggestions_measured_total", label=x.label, source=measurement.source)
+    log.info(
+        "project %s: task %s annotation %s vs prediction %s: %s",
+        job.project,
+        job.task_id,
+        job.annotation_id,
+        measurement.prediction_id,
+        ", ".join(f"{x.label} IoU {x.iou:.3f}" for x in measurement.labels),
+    )
+    return {**summary, "recorded": True, "labels": {x.label: x.iou for x in measurement.labels}}
 
 
 def tune_job(payload: dict[str, Any]) -> dict[str, Any]:

@@ -47,6 +47,7 @@ class Options:
     ensemble: str = "feature"
     seg_type: str = "instance"
     multilabel: str = "per-label"
+    polygon_tolerance: float = 1.0  # pixels, for PolygonLabels targets
 
 
 @dataclass(frozen=True, eq=False)
@@ -204,6 +205,8 @@ class ChunkRunner:
                         to_name=unit.target.to_name,
                         split_components=options.split_components and prompt is None,
                         mask=mask,
+                        kind=unit.target.kind,
+                        polygon_tolerance=options.polygon_tolerance,
                     )
                 )
         for tid, task_regions in regions.items():

@@ -66,6 +66,8 @@ def regions_for_label(
     to_name: str,
     split_components: bool,
     mask: np.ndarray | None = None,
+    kind: str = "brush",
+    polygon_tolerance: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Regions for one label: one region, or one per connected component when ``split_components``.
 
@@ -84,6 +86,16 @@ def regions_for_label(
     def mean_soft(m: np.ndarray) -> float:
         return float(np.clip(soft[m].mean(), 0.0, 1.0))
 
+    if kind == "polygon":  # a PolygonLabels control: one polygon per connected part
+        return polygon_regions(
+            final,
+            mean_soft,
+            task_id=task_id,
+            label=label,
+            from_name=from_name,
+            to_name=to_name,
+            tolerance=polygon_tolerance,
+        )
     if not split_components:
         score = prediction.score if mask is None else mean_soft(final)
         return [
@@ -103,6 +115,41 @@ def regions_for_label(
         )
         for i, part in enumerate(masks.split(final))
     ]
+
+
+def polygon_regions(
+    mask: np.ndarray,
+    score_of: Any,
+    *,
+    task_id: int,
+    label: str,
+    from_name: str,
+    to_name: str,
+    tolerance: float,
+) -> list[dict[str, Any]]:
+    """``polygonlabels`` regions for an ``(H, W) bool`` mask: one per connected part, outer
+    boundary only (holes filled, see :mod:`seggpt_backend.labelstudio.polygon`), points in
+    percent, simplified at ``tolerance`` pixels; ``score_of(part mask)`` gives each score."""
+    from seggpt_backend.labelstudio import polygon
+
+    height, width = mask.shape
+    out: list[dict[str, Any]] = []
+    for index, points in enumerate(polygon.mask_to_polygons(mask, tolerance=tolerance)):
+        part = polygon.rasterize(points, int(width), int(height)) & mask
+        out.append(
+            {
+                "id": _region_id(task_id, from_name, label, index),
+                "from_name": from_name,
+                "to_name": to_name,
+                "type": "polygonlabels",
+                "original_width": int(width),
+                "original_height": int(height),
+                "image_rotation": 0,
+                "value": {"points": points, "polygonlabels": [label], "closed": True},
+                "score": round(float(score_of(part)) if part.any() else 0.0, 4),
+            }
+        )
+    return out
 
 
 def prediction_result(regions: Sequence[Mapping[str, Any]], model_version: str) -> TaskResult:

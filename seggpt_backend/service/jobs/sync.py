@@ -62,7 +62,17 @@ def fill(
         fetched: list[ExampleRecord] = []
         for task in source.iter_tasks(project_id, only_labeled=True):
             for annotation in task.get("annotations") or []:
-                record = record_from_annotation(annotation, task, fields)
+                try:
+                    record = record_from_annotation(annotation, task, fields)
+                except (TypeError, ValueError) as exc:  # one bad region must not stop the fill
+                    log.warning(
+                        "project %s: task %s annotation %s skipped: malformed region (%s)",
+                        project,
+                        task.get("id"),
+                        annotation.get("id"),
+                        exc,
+                    )
+                    continue
                 if record is not None:
                     fetched.append(record)
         removed = store.reconcile(project, fetched, started)

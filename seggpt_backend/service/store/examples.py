@@ -1,7 +1,8 @@
 """The per-project store of in-context examples, shared by the HTTP server and every worker.
 
-An *example* is one accepted Label Studio annotation with brush regions: the task's image URL
-and, per region, the label and its Label Studio brush RLE. Records are plain JSON in the
+An *example* is one accepted Label Studio annotation with brush or polygon regions: the task's
+image URL and, per region, the label and its Label Studio brush RLE (a polygon is rasterised to
+a mask and stored as brush RLE, see :func:`_polygon_rle`). Records are plain JSON in the
 :class:`~seggpt_backend.service.store.kv.KV` (Redis in production), so a webhook that lands on the
 server is visible to the very next job on any worker. Pixels (decoded images, masks, descriptors)
 are derived lazily by :mod:`seggpt_backend.service.jobs.materialize` and cached separately.
@@ -131,7 +132,7 @@ def record_from_annotation(
 
     ``image_fields`` maps each Image object name to its task-data key (``$image`` -> ``image``).
     Returns ``None`` for annotations that cannot serve as examples: cancelled (skipped) ones,
-    ones without a usable brush region, or whose image is missing from the task data.
+    ones without a usable brush or polygon region, or whose image is missing from the task data.
     """
     if annotation.get("was_cancelled"):
         return None
@@ -139,20 +140,14 @@ def record_from_annotation(
     regions: list[BrushRegion] = []
     images: dict[str, str] = {}
     for item in annotation.get("result") or []:
-        if not isinstance(item, Mapping) or item.get("type") != "brushlabels":
+        kind = item.get("type") if isinstance(item, Mapping) else None
+        if kind not in ("brushlabels", "polygonlabels"):
             continue
         value = item.get("value") or {}
-        labels = value.get("brushlabels") or []
-        rle = value.get("rle")
+        labels = value.get(kind) or []
         to_name = item.get("to_name")
         width, height = item.get("original_width"), item.get("original_height")
-        if (
-            value.get("format", "rle") != "rle"
-            or not rle
-            or not labels
-            or not isinstance(to_name, str)
-            or to_name not in image_fields
-        ):
+        if not labels or not isinstance(to_name, str) or to_name not in image_fields:
             continue
         if (
             not isinstance(width, int | float)
@@ -161,6 +156,15 @@ def record_from_annotation(
             or height < 1
         ):
             continue
+        if kind == "brushlabels":
+            rle = value.get("rle")
+            if value.get("format", "rle") != "rle" or not rle:
+                continue
+            runs = tuple(int(v) for v in rle)
+        else:
+            if not value.get("points"):
+                continue
+            runs = _polygon_rle(value["points"], int(width), int(height))
         url = data.get(image_fields[to_name])
         if not isinstance(url, str) or not url:
             continue
@@ -171,7 +175,7 @@ def record_from_annotation(
                     from_name=str(item.get("from_name", "")),
                     to_name=str(to_name),
                     label=str(label),
-                    rle=tuple(int(v) for v in rle),
+                    rle=runs,
                     width=int(width),
                     height=int(height),
                 )
@@ -186,6 +190,18 @@ def record_from_annotation(
         regions=tuple(regions),
         stored_at=time.time(),
     )
+
+
+def _polygon_rle(points: Any, width: int, height: int) -> tuple[int, ...]:
+    """A polygon region (points in percent) as the brush RLE of its rasterised mask.
+
+    Done when the record is made (a webhook, a fill) so examples keep one pixel format and the
+    materializer needs no second path; rasterising and encoding take milliseconds.
+    Malformed points raise :class:`ValueError` (the webhook answers 422 naming the annotation).
+    """
+    from seggpt_backend.labelstudio import polygon, rle
+
+    return tuple(rle.encode(polygon.rasterize(points, width, height)))
 
 
 def digest_of(revs: Mapping[str, str]) -> str:

@@ -41,6 +41,15 @@ HELP: dict[str, tuple[str, str]] = {
     "seggpt_prompt_promotions_total": ("counter", "Learned prompts promoted."),
     "seggpt_tune_gain_sum": ("counter", "Validation mIoU gained by promoted prompts, summed."),
     "seggpt_tune_requests_total": ("counter", "Tuning requests, by trigger and outcome (queued, joined)."),
+    "seggpt_suggestions_measured_total": (
+        "counter",
+        "Predicted labels measured against a submitted annotation, by label and source (examples, tuned).",
+    ),
+    "seggpt_suggestion_iou_rolling": (
+        "gauge",
+        "Mean IoU of suggestions with the accepted annotation over the label's last 50 measurements.",
+    ),
+    "seggpt_suggestion_iou_samples": ("gauge", "Measurements behind seggpt_suggestion_iou_rolling."),
     "seggpt_queue_depth": ("gauge", "Jobs waiting in each queue."),
     "seggpt_queue_jobs": ("gauge", "Jobs currently in each queue's registries, by state."),
     "seggpt_workers": ("gauge", "Live workers registered in Redis (1 in embedded mode once ready)."),

@@ -37,6 +37,7 @@ JOB_FUNCTIONS: dict[str, str] = {
     "sync": "seggpt_backend.service.jobs.entry.sync_job",
     "prune": "seggpt_backend.service.jobs.entry.prune_job",
     "tune": "seggpt_backend.service.jobs.entry.tune_job",
+    "quality": "seggpt_backend.service.jobs.entry.quality_job",
 }
 RETRIES = 2  # a job that raises (worker crash, OOM) is retried this often; outcomes are idempotent
 RESULT_TTL_S = 3600
