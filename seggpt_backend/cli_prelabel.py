@@ -163,29 +163,39 @@ def _make_runtime(settings: Settings) -> Any:
 
 
 def _prepare(rt: Any, project: str, *, timeout_s: float = 120) -> None:
-    """Engine loaded (embedded) and the project's examples read from Label Studio."""
+    """Engine loaded (embedded) and the project's examples read afresh from Label Studio.
+
+    A fresh fill, not only a first one: without the model connected in Label Studio no webhook
+    keeps the examples current. Raises :class:`BadInput` when the annotations cannot be read
+    (computing anyway would write empty predictions to every task).
+    """
     from seggpt_backend.service.http.webhooks import enqueue_fill
     from seggpt_backend.service.jobs import entry
 
+    before = rt.examples.populated_at(project)  # a fill completes by changing it (no clock compared)
     if rt.queue.embedded:
         print("embedded mode (no REDIS_URL): loading the model in this process", file=sys.stderr)
         rt.queue.ready.wait()
         if rt.queue.error is not None:
             raise BadInput(f"the model failed to load: {rt.queue.error}")
         entry.ensure_examples(rt.worker_context, project, force=True)
-        return
-    if rt.queue.workers() == 0:
+    elif rt.queue.workers() == 0:
         print(
             "note: no worker is running; tasks wait on the batch queue until one starts "
             "(`seggpt-backend worker`)",
             file=sys.stderr,
         )
         return  # the worker fills the examples before its first chunk
-    if not rt.examples.is_populated(project):
-        enqueue_fill(rt, project, force=False)
+    else:
+        enqueue_fill(rt, project, force=True)
         deadline = time.monotonic() + timeout_s
-        while not rt.examples.is_populated(project) and time.monotonic() < deadline:
+        while rt.examples.populated_at(project) == before and time.monotonic() < deadline:
             time.sleep(0.2)
+    if rt.examples.populated_at(project) in (None, before):
+        raise BadInput(
+            f"project {project}: could not read its annotations from Label Studio (see the log above "
+            "or the worker's); nothing queued"
+        )
 
 
 def _prelabel(args: argparse.Namespace, settings: Settings) -> int:
