@@ -397,13 +397,27 @@ def _export_coco(args: argparse.Namespace, settings: Settings) -> int:
     if args.eval:
         if args.use != "annotations":
             raise BadInput("--eval scores predictions against annotations: use --use annotations")
-        for line in evaluate(coco, results or []):
+        scored = {
+            t.get("id")
+            for t in tasks
+            if isinstance(t, dict)
+            and any(isinstance(a, dict) and not a.get("was_cancelled") for a in t.get("annotations") or [])
+            and any(isinstance(p, dict) for p in t.get("predictions") or [])
+        }
+        images = [img["id"] for img in coco["images"] if img.get("ls_task_id") in scored]
+        print(f"--eval: {len(images)} task(s) hold both an accepted annotation and a prediction")
+        for line in evaluate(coco, results or [], image_ids=images):
             print(line)
     return 0
 
 
-def evaluate(coco: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
+def evaluate(
+    coco: dict[str, Any], results: list[dict[str, Any]], *, image_ids: list[int] | None = None
+) -> list[str]:
     """COCOeval (``segm``) of ``results`` against ``coco``, plus the per-label mask IoU.
+
+    ``image_ids``: only these images (default: all); a task without an accepted annotation or
+    without a prediction says nothing about quality, so the caller passes those holding both.
 
     Per label and image, IoU = |P and G| / |P or G| of the union of predicted masks P and of
     annotated masks G (an image with the label in neither is not counted); the mean over images
@@ -422,7 +436,9 @@ def evaluate(coco: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
     gt.dataset = json.loads(json.dumps(coco))
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
-    images = {img["id"]: img for img in coco["images"]}
+    keep = None if image_ids is None else set(image_ids)
+    images = {img["id"]: img for img in coco["images"] if keep is None or img["id"] in keep}
+    results = [r for r in results if r["image_id"] in images]
     ious: dict[int, list[float]] = {c["id"]: [] for c in coco["categories"]}
     for cat in coco["categories"]:
         for image_id, img in images.items():
@@ -439,10 +455,11 @@ def evaluate(coco: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
             if union:
                 ious[cat["id"]].append(float((g & p).sum()) / union)
     ap: dict[int, tuple[float, float]] = {}
-    if results and coco["annotations"]:
+    if results and images and any(a["image_id"] in images for a in coco["annotations"]):
         with contextlib.redirect_stdout(io.StringIO()):
             dt = gt.loadRes(json.loads(json.dumps(results)))
             ev = COCOeval(gt, dt, iouType="segm")
+            ev.params.imgIds = sorted(images)
             ev.evaluate()
             ev.accumulate()
         precision = ev.eval["precision"]  # [T thresholds, R recalls, K categories, A areas, M maxDets]
