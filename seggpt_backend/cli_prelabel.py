@@ -163,29 +163,39 @@ def _make_runtime(settings: Settings) -> Any:
 
 
 def _prepare(rt: Any, project: str, *, timeout_s: float = 120) -> None:
-    """Engine loaded (embedded) and the project's examples read from Label Studio."""
+    """Engine loaded (embedded) and the project's examples read afresh from Label Studio.
+
+    A fresh fill, not only a first one: without the model connected in Label Studio no webhook
+    keeps the examples current. Raises :class:`BadInput` when the annotations cannot be read
+    (computing anyway would write empty predictions to every task).
+    """
     from seggpt_backend.service.http.webhooks import enqueue_fill
     from seggpt_backend.service.jobs import entry
 
+    before = rt.examples.populated_at(project)  # a fill completes by changing it (no clock compared)
     if rt.queue.embedded:
         print("embedded mode (no REDIS_URL): loading the model in this process", file=sys.stderr)
         rt.queue.ready.wait()
         if rt.queue.error is not None:
             raise BadInput(f"the model failed to load: {rt.queue.error}")
         entry.ensure_examples(rt.worker_context, project, force=True)
-        return
-    if rt.queue.workers() == 0:
+    elif rt.queue.workers() == 0:
         print(
             "note: no worker is running; tasks wait on the batch queue until one starts "
             "(`seggpt-backend worker`)",
             file=sys.stderr,
         )
         return  # the worker fills the examples before its first chunk
-    if not rt.examples.is_populated(project):
-        enqueue_fill(rt, project, force=False)
+    else:
+        enqueue_fill(rt, project, force=True)
         deadline = time.monotonic() + timeout_s
-        while not rt.examples.is_populated(project) and time.monotonic() < deadline:
+        while rt.examples.populated_at(project) == before and time.monotonic() < deadline:
             time.sleep(0.2)
+    if rt.examples.populated_at(project) in (None, before):
+        raise BadInput(
+            f"project {project}: could not read its annotations from Label Studio (see the log above "
+            "or the worker's); nothing queued"
+        )
 
 
 def _prelabel(args: argparse.Namespace, settings: Settings) -> int:
@@ -387,13 +397,27 @@ def _export_coco(args: argparse.Namespace, settings: Settings) -> int:
     if args.eval:
         if args.use != "annotations":
             raise BadInput("--eval scores predictions against annotations: use --use annotations")
-        for line in evaluate(coco, results or []):
+        scored = {
+            t.get("id")
+            for t in tasks
+            if isinstance(t, dict)
+            and any(isinstance(a, dict) and not a.get("was_cancelled") for a in t.get("annotations") or [])
+            and any(isinstance(p, dict) for p in t.get("predictions") or [])
+        }
+        images = [img["id"] for img in coco["images"] if img.get("ls_task_id") in scored]
+        print(f"--eval: {len(images)} task(s) hold both an accepted annotation and a prediction")
+        for line in evaluate(coco, results or [], image_ids=images):
             print(line)
     return 0
 
 
-def evaluate(coco: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
+def evaluate(
+    coco: dict[str, Any], results: list[dict[str, Any]], *, image_ids: list[int] | None = None
+) -> list[str]:
     """COCOeval (``segm``) of ``results`` against ``coco``, plus the per-label mask IoU.
+
+    ``image_ids``: only these images (default: all); a task without an accepted annotation or
+    without a prediction says nothing about quality, so the caller passes those holding both.
 
     Per label and image, IoU = |P and G| / |P or G| of the union of predicted masks P and of
     annotated masks G (an image with the label in neither is not counted); the mean over images
@@ -412,7 +436,9 @@ def evaluate(coco: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
     gt.dataset = json.loads(json.dumps(coco))
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
-    images = {img["id"]: img for img in coco["images"]}
+    keep = None if image_ids is None else set(image_ids)
+    images = {img["id"]: img for img in coco["images"] if keep is None or img["id"] in keep}
+    results = [r for r in results if r["image_id"] in images]
     ious: dict[int, list[float]] = {c["id"]: [] for c in coco["categories"]}
     for cat in coco["categories"]:
         for image_id, img in images.items():
@@ -429,10 +455,11 @@ def evaluate(coco: dict[str, Any], results: list[dict[str, Any]]) -> list[str]:
             if union:
                 ious[cat["id"]].append(float((g & p).sum()) / union)
     ap: dict[int, tuple[float, float]] = {}
-    if results and coco["annotations"]:
+    if results and images and any(a["image_id"] in images for a in coco["annotations"]):
         with contextlib.redirect_stdout(io.StringIO()):
             dt = gt.loadRes(json.loads(json.dumps(results)))
             ev = COCOeval(gt, dt, iouType="segm")
+            ev.params.imgIds = sorted(images)
             ev.evaluate()
             ev.accumulate()
         precision = ev.eval["precision"]  # [T thresholds, R recalls, K categories, A areas, M maxDets]

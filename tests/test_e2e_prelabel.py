@@ -170,6 +170,11 @@ def test_embedded_prelabel_bad_input_and_coco_export_round_trip(
     assert again.returncode == 2 and "1 to pre-label" in again.stdout, again.stdout + again.stderr
     assert all(len(_own(ls, t)) == 1 for t in ids[2:])  # no duplicates on a rerun
 
+    # The labelled tasks get predictions too (--only all), so --eval has tasks holding both.
+    both = _cli(["prelabel", "--project", str(project), "--wait", "--only", "all"], env)
+    assert "3 to pre-label" in both.stdout and f"task {broken}:" in both.stdout, both.stdout + both.stderr
+    assert all(len(_own(ls, t)) == 1 for t in ids)
+
     # COCO straight from the API: pixel-exact against the masks Label Studio stores.
     coco_path, res_path = tmp_path / "coco.json", tmp_path / "res.json"
     exp = _cli(
@@ -206,7 +211,15 @@ def test_embedded_prelabel_bad_input_and_coco_export_round_trip(
     assert compared == 4
     results = json.loads(res_path.read_text())
     assert results and {r["image_id"] for r in results} <= set(by_task.values())
-    assert "mean IoU" in exp.stdout and "Cat" in exp.stdout and "Dog" in exp.stdout, exp.stdout
+    assert "--eval: 2 task(s) hold both" in exp.stdout, exp.stdout
+    table = {
+        line.split()[0]: line.split()[1:]
+        for line in exp.stdout.splitlines()
+        if line.split()[:1] in (["Cat"], ["Dog"])
+    }
+    assert set(table) == {"Cat", "Dog"} and all(row[0] == "2" for row in table.values()), exp.stdout
+    if weights_spec() == "demo":  # the demo model finds the shapes: IoU well above 0
+        assert float(table["Cat"][1]) > 0.2, exp.stdout
 
     # Bad input: exit 2 with the project named.
     missing = _cli(["prelabel", "--project", "987654", "--wait"], env)

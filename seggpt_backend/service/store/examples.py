@@ -293,6 +293,11 @@ class ExampleStore:
         """True once a full fill from the Label Studio API has completed for ``project``."""
         return self.kv.hget(self._keys(project)[2], "populated") is not None
 
+    def populated_at(self, project: str) -> float | None:
+        """Unix seconds of the last completed full fill, ``None`` before the first."""
+        raw = self.kv.hget(self._keys(project)[2], "populated")
+        return None if raw is None else float(raw)
+
     def reconcile(self, project: str, fetched: Sequence[ExampleRecord], started_at: float) -> dict[int, str]:
         """Make the store equal to a full listing ``fetched`` from the Label Studio API.
 
