@@ -11,7 +11,7 @@ with the fixture's user and password, as a person would.
 1. *A prediction is drawn.* "Retrieve Predictions" stores our brush prediction; the task opened
    in the editor lists a ``Cat`` brush region in the region panel, and the editor's canvas holds
    its mask: the red (``#FF0000``, the label's colour) pixels of the Konva canvases, sampled at
-   the image's own resolution, match the stored RLE mask (IoU >= 0.8).
+   the image's own resolution, match the stored RLE mask (IoU >= 0.9).
 2. *A smart keypoint refines.* In a project whose config adds a smart ``KeyPointLabels`` (and
    with "Use predictions to prelabel tasks" off, so the editor starts empty), Auto-Annotation and
    Auto-Accept Suggestions are switched on in the bottom bar, the smart keypoint tool picked from
