@@ -28,6 +28,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "multilabel": get_args(MultiLabelMode),
     "example_selection": ("retrieval", "recent"),
     "dtype": ("auto", "fp32", "bf16", "fp16"),
+    "output_type": ("auto", "brush", "polygon"),
     "log_level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
 }
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -50,6 +51,8 @@ MINIMUM: dict[str, float] = {
     "tune_margin": -1,
     "tune_every": 0,
     "prompt_versions_kept": 1,
+    "min_region_area": 0,
+    "min_score": 0,
 }
 
 
@@ -78,6 +81,16 @@ class Settings:
     split_components: bool = field(default=False, metadata={"env": "SEGGPT_SPLIT_COMPONENTS"})
     replace_superseded: bool = field(default=True, metadata={"env": "SEGGPT_REPLACE_SUPERSEDED"})
     max_image_pixels: int = field(default=100_000_000, metadata={"env": "SEGGPT_MAX_IMAGE_PIXELS"})
+    # Foreground threshold on the soft map, in (0, 1) (the authors' rule: 0.5).
+    mask_threshold: float = field(default=0.5, metadata={"env": "SEGGPT_MASK_THRESHOLD"})
+    # Speck filters: regions smaller than this many pixels (of the original image) or with a
+    # (calibrated) score below this are dropped.
+    min_region_area: int = field(default=0, metadata={"env": "SEGGPT_MIN_REGION_AREA"})
+    min_score: float = field(default=0.0, metadata={"env": "SEGGPT_MIN_SCORE"})
+    # What predictions are made of: "auto" follows the labelling config (BrushLabels: brush).
+    output_type: str = field(default="auto", metadata={"env": "SEGGPT_OUTPUT_TYPE"})
+    # Pre-label imported tasks automatically (TASKS_CREATED); per project via Extra params.
+    auto_prelabel: bool = field(default=False, metadata={"env": "SEGGPT_AUTO_PRELABEL"})
 
     # Label Studio
     label_studio_url: str = field(default="", metadata={"env": "LABEL_STUDIO_URL"})
@@ -164,6 +177,10 @@ class Settings:
             raise SettingsError(
                 f"SEGGPT_TUNE_FG_BALANCE={self.tune_fg_balance!r}: use a value in [0, 1], or -1 for the weights' own"
             )
+        if not 0 < self.mask_threshold < 1:
+            raise SettingsError(f"SEGGPT_MASK_THRESHOLD={self.mask_threshold!r}: use a value in (0, 1)")
+        if self.min_score > 1:
+            raise SettingsError(f"SEGGPT_MIN_SCORE={self.min_score!r}: a score is in [0, 1]")
         if self.tune_margin >= 1:
             raise SettingsError(f"SEGGPT_TUNE_MARGIN={self.tune_margin!r}: an IoU margin must be below 1")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):

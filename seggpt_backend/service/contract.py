@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from seggpt_backend.service.errors import ConfigUnsupported, ContractError
+from seggpt_backend.service.errors import ConfigUnsupported, ContractError, RequestError
+from seggpt_backend.service.options import ProjectOptions
 
 CONTRACT_VERSION = 1
 
@@ -162,6 +163,8 @@ class PredictJob:
     prompt: Prompt | None = None
     writeback: Writeback = "requested"
     enqueued_at: float = field(default_factory=time.time)
+    # The project's effective options (Extra params over the environment); None: the worker's env.
+    options: ProjectOptions | None = None
 
     kind = "predict"
 
@@ -186,6 +189,7 @@ class PredictJob:
             prompt=self.prompt,
             writeback=self.writeback,
             enqueued_at=self.enqueued_at,
+            options=self.options,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -200,6 +204,7 @@ class PredictJob:
             "prompt": None if self.prompt is None else self.prompt.to_json(),
             "writeback": self.writeback,
             "enqueued_at": self.enqueued_at,
+            "options": None if self.options is None else self.options.to_json(),
         }
 
     @classmethod
@@ -210,6 +215,11 @@ class PredictJob:
             if writeback not in ("requested", "always"):
                 raise ContractError(f"unknown writeback {writeback!r}")
             prompt = d.get("prompt")
+            raw_options = d.get("options")
+            try:
+                options = None if raw_options is None else ProjectOptions.from_json(raw_options)
+            except RequestError as exc:
+                raise ContractError(f"malformed predict job options: {exc}") from exc
             return cls(
                 project=str(d["project"]),
                 model_version=str(d["model_version"]),
@@ -220,6 +230,7 @@ class PredictJob:
                 prompt=None if not prompt else Prompt.from_json(prompt),
                 writeback=writeback,
                 enqueued_at=float(d.get("enqueued_at") or time.time()),
+                options=options,
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, ContractError):

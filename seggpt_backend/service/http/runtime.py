@@ -32,6 +32,8 @@ from typing import Any
 
 from seggpt_backend.service.contract import PredictJob
 from seggpt_backend.service.http.outstanding import Outstanding
+from seggpt_backend.service.options import ProjectOptions, ProjectOptionsStore
+from seggpt_backend.service.store.connections import ConnectionStore
 from seggpt_backend.service.store.examples import ExampleStore, compose_model_version
 from seggpt_backend.service.store.kv import KV, RedisKV
 from seggpt_backend.service.store.metrics import Metrics
@@ -61,6 +63,8 @@ class Runtime:
     results: ResultStore = field(init=False)
     metrics: Metrics = field(init=False)
     prompts: PromptStore = field(init=False)
+    connections: ConnectionStore = field(init=False)
+    project_settings: ProjectOptionsStore = field(init=False)
     outstanding: Outstanding | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -68,6 +72,8 @@ class Runtime:
         self.results = ResultStore(self.kv)
         self.metrics = Metrics(self.kv)
         self.prompts = PromptStore(self.kv, keep=self.settings.prompt_versions_kept)
+        self.connections = ConnectionStore(self.kv)
+        self.project_settings = ProjectOptionsStore(self.kv)
         if not self.queue.embedded:
             # The in-process queue cannot lose a job without losing this process too.
             self.outstanding = Outstanding(self.queue, self.results)
@@ -113,10 +119,34 @@ class Runtime:
             raw = None
         return raw.decode() if raw else fallback_engine_version(self.settings.seggpt_weights)
 
-    def model_version(self, project: str) -> str:
+    def default_options(self) -> ProjectOptions:
+        return ProjectOptions.defaults(self.settings)
+
+    def options(self, project: str) -> ProjectOptions:
+        """The project's effective options: its Extra params (from /setup) over the environment."""
+        try:
+            return self.project_settings.get(project, self.default_options())
+        except Exception as exc:  # Redis down: the environment's options, predictions go on
+            log.warning("project %s: cannot read its Extra params: %s", project, exc)
+            return self.default_options()
+
+    def reaches_label_studio(self, project: str) -> bool:
+        """True when workers can call Label Studio's API for ``project`` (configured or /setup)."""
+        if self.settings.label_studio_url and self.settings.label_studio_api_key:
+            return True
+        try:
+            return self.connections.get(project) is not None or bool(self.settings.label_studio_url)
+        except Exception:
+            return bool(self.settings.label_studio_url)
+
+    def model_version(self, project: str, options: ProjectOptions | None = None) -> str:
         engine = self.engine_version()
+        opts = self.options(project) if options is None else options
         return compose_model_version(
-            engine, self.examples.digest(project), prompts=self.prompts.digest(project, engine)
+            engine,
+            self.examples.digest(project),
+            prompts=self.prompts.digest(project, engine),
+            options=opts.version_tag(),
         )
 
     # ------------------------------------------------------------------ health

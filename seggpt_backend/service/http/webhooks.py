@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 def enqueue_fill(rt: Runtime, project: str, *, force: bool) -> str | None:
     """Queue a fill of the project's examples from Label Studio (deduplicated per project)."""
-    if not rt.settings.label_studio_url:
+    if not rt.reaches_label_studio(project):
         return None
     job_id = "seggpt-sync-" + hashlib.sha1(f"{rt.settings.key_prefix}|{project}".encode()).hexdigest()[:24]
     return rt.queue.enqueue("interactive", SyncJob(project=project, force=force), job_id=job_id)
@@ -100,7 +100,7 @@ def handle(rt: Runtime, event: WebhookEvent) -> dict[str, Any]:
             "examples": rt.examples.count(project),
             "stored": True,
         }
-        if old != record.rev and rt.prompts.count_accepted(project, rt.settings.tune_every):
+        if old != record.rev and rt.prompts.count_accepted(project, rt.options(project).tune_every):
             answer["tuning"] = request_tuning(rt, project, trigger="auto")
         return answer
 
