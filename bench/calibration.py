@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _common import cpu_name
+
 from seggpt_backend.demo.eval_tasks import make_eval_task
 from seggpt_backend.demo.synthetic import Task, heldout_seed, make_task
 from seggpt_backend.engine.engine import load_engine
