@@ -89,3 +89,28 @@ def test_the_store_keeps_params_per_project() -> None:
     assert store.get("1", DEFAULTS).num_examples == 2 and store.get("2", DEFAULTS) is DEFAULTS
     store.put("1", None)
     assert store.get("1", DEFAULTS) is DEFAULTS
+
+
+def test_a_workers_pipeline_options_follow_the_jobs_project_options() -> None:
+    from seggpt_backend.service.jobs.entry import WorkerContext
+
+    settings = Settings.from_env({"SEGGPT_NUM_EXAMPLES": "4", "SEGGPT_MIN_REGION_AREA": "5"})
+    ctx = WorkerContext(settings, MemoryKV(), lambda: None)  # type: ignore[arg-type,return-value]
+    try:
+        assert (ctx.options().num_examples, ctx.options().min_region_area) == (4, 5)
+        o = ProjectOptions.from_extra_params(
+            {"k": 1, "split_components": True, "min_score": 0.3, "threshold": 0.7},
+            defaults=ProjectOptions.defaults(settings),
+        )
+        p = ctx.options(o)
+        assert (p.num_examples, p.split_components, p.min_score, p.threshold, p.min_region_area) == (
+            1,
+            True,
+            0.3,
+            0.7,
+            5,
+        )
+        f = p.region_filter(interactive=True)
+        assert f.min_score == 0.0 and not f.split_components  # an interactive answer is never filtered away
+    finally:
+        ctx.close()
