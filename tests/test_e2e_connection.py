@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from seggpt_backend.service.options import ProjectOptions
+from seggpt_backend.service.contract import ProjectOptions
 from seggpt_backend.settings import Settings
 from tests.labelstudio_server import LabelStudio, label_studio  # noqa: F401
 from tests.service_support import LABEL_CONFIG, brush_result, wait_for

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from seggpt_backend.service.contract import PredictJob, Target
+from seggpt_backend.service.contract import OptionsError, PredictJob, ProjectOptions, Target
 from seggpt_backend.service.errors import ContractError
-from seggpt_backend.service.options import OptionsError, ProjectOptions, ProjectOptionsStore
 from seggpt_backend.service.store.examples import compose_model_version, is_own_version
 from seggpt_backend.service.store.kv import MemoryKV
+from seggpt_backend.service.store.project_options import ProjectOptionsStore
 from seggpt_backend.settings import Settings
 
 DEFAULTS = ProjectOptions.defaults(Settings.from_env({"SEGGPT_NUM_EXAMPLES": "3", "SEGGPT_MIN_SCORE": "0.1"}))

@@ -43,6 +43,7 @@ from typing import Any
 from seggpt_backend.service.contract import (
     JobTask,
     PredictJob,
+    ProjectOptions,
     Prompt,
     PruneJob,
     Target,
@@ -62,7 +63,6 @@ from seggpt_backend.service.http.protocol import (
     task_images,
 )
 from seggpt_backend.service.http.runtime import Runtime
-from seggpt_backend.service.options import ProjectOptions
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@
              of Redis and the workers (503 ``DOWN`` when Redis is unreachable). Never loads.
 ``POST``     ``/setup``: ``{"model_version": ...}`` in milliseconds; starts a background fill
              of the project's examples on first contact; keeps the project's Extra params
-             (:mod:`seggpt_backend.service.options`) and, without ``LABEL_STUDIO_URL``/``_API_KEY``,
+             (:class:`seggpt_backend.service.contract.ProjectOptions`) and, without ``LABEL_STUDIO_URL``/``_API_KEY``,
              the hostname and token it sends. 422 for an unsupported config or Extra params.
 ``GET``      ``/versions``: ``{"versions": [current], "model_version": current}``.
 ``POST``     ``/predict``: see :mod:`seggpt_backend.service.http.predict`.
@@ -28,14 +28,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from seggpt_backend.service.contract import parse_targets
+from seggpt_backend.service.contract import ProjectOptions, parse_targets
 from seggpt_backend.service.errors import RequestError
 from seggpt_backend.service.http import predict as predict_mod
 from seggpt_backend.service.http import training, webhooks
 from seggpt_backend.service.http.health import HealthMonitor, health_body
 from seggpt_backend.service.http.protocol import PredictRequest, SetupRequest, WebhookEvent, project_key
 from seggpt_backend.service.http.runtime import Runtime
-from seggpt_backend.service.options import ProjectOptions
 from seggpt_backend.service.store.connections import Connection, normalise_url
 
 MODEL_CLASS = "SegGPT"

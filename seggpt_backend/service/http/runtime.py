@@ -30,13 +30,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from seggpt_backend.service.contract import PredictJob
+from seggpt_backend.service.contract import PredictJob, ProjectOptions
 from seggpt_backend.service.http.outstanding import Outstanding
-from seggpt_backend.service.options import ProjectOptions, ProjectOptionsStore
 from seggpt_backend.service.store.connections import ConnectionStore
 from seggpt_backend.service.store.examples import ExampleStore, compose_model_version
 from seggpt_backend.service.store.kv import KV, RedisKV
 from seggpt_backend.service.store.metrics import Metrics
+from seggpt_backend.service.store.project_options import ProjectOptionsStore
 from seggpt_backend.service.store.prompts import PromptStore
 from seggpt_backend.service.store.queue import InProcessJobQueue, JobQueue, RQJobQueue
 from seggpt_backend.service.store.results import ResultStore

@@ -24,7 +24,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seggpt_backend.engine.interface import Engine, LearnedPrompt, TuneOptions
-from seggpt_backend.service.contract import JobTask, PredictJob, PruneJob, SyncJob, TaskResult, TuneJob
+from seggpt_backend.service.contract import (
+    JobTask,
+    PredictJob,
+    ProjectOptions,
+    PruneJob,
+    SyncJob,
+    TaskResult,
+    TuneJob,
+)
 from seggpt_backend.service.jobs import sync
 from seggpt_backend.service.jobs.clients import ClientRouter, working_on
 from seggpt_backend.service.jobs.delivery import Delivery
@@ -32,7 +40,6 @@ from seggpt_backend.service.jobs.materialize import Materializer
 from seggpt_backend.service.jobs.pipeline import Chunk, ChunkRunner, Options, ServedPrompt
 from seggpt_backend.service.jobs.prefetch import ImagePrefetcher
 from seggpt_backend.service.jobs.tuning import Tuner, TuningPolicy, run_summary
-from seggpt_backend.service.options import ProjectOptions
 from seggpt_backend.service.store.connections import ConnectionStore
 from seggpt_backend.service.store.examples import ExampleStore, compose_model_version
 from seggpt_backend.service.store.kv import KV
@@ -178,7 +185,7 @@ class WorkerContext:
         )
 
     def options(self, project: ProjectOptions | None = None) -> Options:
-        """The pipeline's knobs: the job's project options (:mod:`..options`), else the environment's."""
+        """The pipeline's knobs: the job's project options (:class:`~seggpt_backend.service.contract.ProjectOptions`), else the environment's."""
         s = self.settings
         p = ProjectOptions.defaults(s) if project is None else project
         return Options(

@@ -40,7 +40,7 @@ ImageLoader = Callable[[str, int], "Future[LoadedImage]"]
 @dataclass
 class Options:
     """The knobs of one job: the environment's, or its project's Extra params
-    (:class:`~seggpt_backend.service.options.ProjectOptions`). ``threshold``: soft-map
+    (:class:`~seggpt_backend.service.contract.ProjectOptions`). ``threshold``: soft-map
     foreground threshold; ``min_region_area`` (pixels) and ``min_score`` drop specks."""
 
     num_examples: int = 4
