@@ -51,6 +51,8 @@ MINIMUM: dict[str, float] = {
     "tune_every": 0,
     "prompt_versions_kept": 1,
     "polygon_tolerance": 0,
+    "min_region_area": 0,
+    "min_score": 0,
 }
 
 
@@ -81,6 +83,12 @@ class Settings:
     max_image_pixels: int = field(default=100_000_000, metadata={"env": "SEGGPT_MAX_IMAGE_PIXELS"})
     # PolygonLabels output: Douglas-Peucker tolerance in pixels of the image (0: every boundary pixel).
     polygon_tolerance: float = field(default=1.0, metadata={"env": "SEGGPT_POLYGON_TOLERANCE"})
+    # Foreground threshold on the soft map, in (0, 1) (the authors' rule: 0.5).
+    mask_threshold: float = field(default=0.5, metadata={"env": "SEGGPT_MASK_THRESHOLD"})
+    # Speck filters: regions smaller than this many pixels (of the original image) or with a
+    # (calibrated) score below this are dropped.
+    min_region_area: int = field(default=0, metadata={"env": "SEGGPT_MIN_REGION_AREA"})
+    min_score: float = field(default=0.0, metadata={"env": "SEGGPT_MIN_SCORE"})
 
     # Label Studio
     label_studio_url: str = field(default="", metadata={"env": "LABEL_STUDIO_URL"})
@@ -169,6 +177,10 @@ class Settings:
             raise SettingsError(
                 f"SEGGPT_TUNE_FG_BALANCE={self.tune_fg_balance!r}: use a value in [0, 1], or -1 for the weights' own"
             )
+        if not 0 < self.mask_threshold < 1:
+            raise SettingsError(f"SEGGPT_MASK_THRESHOLD={self.mask_threshold!r}: use a value in (0, 1)")
+        if self.min_score > 1:
+            raise SettingsError(f"SEGGPT_MIN_SCORE={self.min_score!r}: a score is in [0, 1]")
         if self.tune_margin >= 1:
             raise SettingsError(f"SEGGPT_TUNE_MARGIN={self.tune_margin!r}: an IoU margin must be below 1")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):

@@ -95,6 +95,7 @@ class ImageServer:
         self.delay_s = 0.0
         self.posted: list[tuple[str, dict[str, Any]]] = []
         self.deleted: list[str] = []
+        self.auth: list[str | None] = []  # the Authorization header of every GET
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -104,6 +105,7 @@ class ImageServer:
             def do_GET(self) -> None:
                 path = self.path
                 server.hits[path] = server.hits.get(path, 0) + 1
+                server.auth.append(self.headers.get("Authorization"))
                 if server.delay_s:
                     time.sleep(server.delay_s)
                 body = server.files.get(path)

@@ -8,7 +8,7 @@ import pytest
 from seggpt_backend.engine.interface import MaskPrediction
 from seggpt_backend.labelstudio import rle
 from seggpt_backend.labelstudio.polygon import mask_to_polygons, rasterize, region_labels, region_mask
-from seggpt_backend.service.jobs.regions import regions_for_label
+from seggpt_backend.service.jobs.regions import calibrated_score, regions_for_label
 
 
 def _blobs(height: int = 60, width: int = 80) -> np.ndarray:
@@ -118,7 +118,7 @@ def test_polygon_target_gives_polygonlabels_regions() -> None:
     for r in regions:
         assert r["value"]["polygonlabels"] == ["Cat"] and r["value"]["closed"] is True
         assert (r["original_width"], r["original_height"]) == (80, 60)
-        assert r["score"] == pytest.approx(0.9, abs=1e-3)
+        assert r["score"] == pytest.approx(calibrated_score(soft, mask), abs=1e-3)
     assert len({r["id"] for r in regions}) == 2
     back = _union([r["value"]["points"] for r in regions], 80, 60)
     assert np.array_equal(back, mask)

@@ -8,18 +8,30 @@ from label_studio_sdk.converter.brush import decode_rle
 
 from seggpt_backend.engine.interface import MaskPrediction
 from seggpt_backend.service.contract import TaskResult
-from seggpt_backend.service.jobs.regions import prediction_result, regions_for_label
+from seggpt_backend.service.jobs.regions import (
+    SCORE_INTERCEPT,
+    SCORE_SLOPE,
+    RegionFilter,
+    calibrated_score,
+    prediction_result,
+    regions_for_label,
+)
 from seggpt_backend.service.store.kv import RedisKV
 from seggpt_backend.service.store.results import ERROR_TTL_S, Pending, ResultStore
 from tests.service_support import cleanup_redis, new_prefix, redis_url
+
+
+def _cal(raw: float) -> float:
+    """The calibrated score of a region whose mean soft value is ``raw``."""
+    return round(min(1.0, max(0.0, SCORE_SLOPE * raw + SCORE_INTERCEPT)), 4)
 
 
 def _prediction() -> MaskPrediction:
     mask = np.zeros((30, 50), bool)
     mask[2:10, 3:15] = True
     mask[20:28, 30:45] = True
-    soft = np.where(mask, 0.8, 0.05).astype(np.float32)
-    soft[20:28, 30:45] = 0.6
+    soft = np.where(mask, 0.98, 0.05).astype(np.float32)
+    soft[20:28, 30:45] = 0.9
     return MaskPrediction(soft=soft, mask=mask, score=0.7)
 
 
@@ -31,7 +43,8 @@ def test_single_region_matches_label_studio_format() -> None:
     assert region["type"] == "brushlabels" and region["from_name"] == "tag" and region["to_name"] == "image"
     assert (region["original_width"], region["original_height"]) == (50, 30)
     assert region["value"]["format"] == "rle" and region["value"]["brushlabels"] == ["Cat"]
-    assert region["score"] == 0.7
+    # 96 px at 0.98 and 120 px at 0.9: the calibrated score of the mean soft value
+    assert region["score"] == pytest.approx(_cal((96 * 0.98 + 120 * 0.9) / 216), abs=1e-4)
     decoded = decode_rle(region["value"]["rle"]).reshape(30, 50, 4)[:, :, 3]
     assert np.array_equal(decoded > 0, pred.mask)
     again = regions_for_label(
@@ -44,7 +57,8 @@ def test_split_components_scores_each_part() -> None:
     regions = regions_for_label(
         _prediction(), task_id=3, label="Cat", from_name="tag", to_name="image", split_components=True
     )
-    assert [r["score"] for r in regions] == [0.8, 0.6]
+    assert [r["score"] for r in regions] == pytest.approx([_cal(0.98), _cal(0.9)], abs=1e-4)
+    assert regions[0]["score"] > regions[1]["score"]
     assert len({r["id"] for r in regions}) == 2
 
 
@@ -72,7 +86,39 @@ def test_empty_mask_gives_no_region_and_override_rescores() -> None:
         split_components=False,
         mask=only_right,
     )
-    assert r["score"] == pytest.approx(0.6)
+    assert r["score"] == pytest.approx(_cal(0.9), abs=1e-4)
+
+
+def test_calibrated_score_maps_the_confident_band_onto_iou_units() -> None:
+    """The raw mean soft value of real predictions sits at 0.90-0.99: the map spreads it over
+    [0, 1] and keeps the order (a monotone map: ranking by it is ranking by the raw mean)."""
+    mask = np.ones((4, 4), bool)
+    raws = [0.5, 0.88, 0.9, 0.95, 0.99, 1.0]
+    scores = [calibrated_score(np.full((4, 4), v, np.float32), mask) for v in raws]
+    assert scores == sorted(scores) and scores[0] == 0.0 and scores[-1] <= 1.0
+    assert scores[4] - scores[2] > 0.15  # 0.90 vs 0.99: 0.09 apart raw, about twice that now
+    assert calibrated_score(np.ones((4, 4), np.float32), np.zeros((4, 4), bool)) == 0.0
+
+
+def test_speck_filters_drop_small_and_low_score_regions() -> None:
+    pred = _prediction()  # left part 96 px scoring higher, right part 120 px scoring lower
+    kw = {"task_id": 1, "label": "Cat", "from_name": "tag", "to_name": "image"}
+    small = regions_for_label(pred, **kw, filters=RegionFilter(split_components=True, min_area=100))
+    assert [r["value"]["brushlabels"] for r in small] == [["Cat"]] and small[0]["score"] == pytest.approx(
+        _cal(0.9), abs=1e-4
+    )  # the 96 px part is gone
+    low = regions_for_label(pred, **kw, filters=RegionFilter(split_components=True, min_score=_cal(0.95)))
+    assert [r["score"] for r in low] == pytest.approx([_cal(0.98)], abs=1e-4)
+    assert regions_for_label(pred, **kw, filters=RegionFilter(min_score=1.0)) == []
+
+
+def test_threshold_recuts_the_soft_map() -> None:
+    pred = _prediction()
+    (r,) = regions_for_label(
+        pred, task_id=1, label="Cat", from_name="tag", to_name="image", filters=RegionFilter(threshold=0.95)
+    )
+    decoded = decode_rle(r["value"]["rle"]).reshape(30, 50, 4)[:, :, 3] > 0
+    assert decoded.sum() == 96 and decoded[2:10, 3:15].all()  # only the 0.98 part passes 0.95
 
 
 def test_prediction_result_scores() -> None:

@@ -106,7 +106,7 @@ def test_tasks_created_is_ignored_unless_auto_prelabel_is_on() -> None:
     rt = _runtime(recorder)
     try:
         out = handle(rt, _event("webhook_tasks_created"))
-        assert out["status"] == "ok" and "SEGGPT_AUTO_PRELABEL is off" in out["detail"]
+        assert out["status"] == "ok" and "auto pre-labelling is off" in out["detail"]
         assert rt.progress.get("1").queued == 0 and recorder.jobs == []
     finally:
         rt.close()

@@ -43,6 +43,7 @@ from typing import Any
 from seggpt_backend.service.contract import (
     JobTask,
     PredictJob,
+    ProjectOptions,
     Prompt,
     PruneJob,
     Target,
@@ -78,6 +79,7 @@ def predict_job(
     queue: str,
     prompt: Prompt | None = None,
     writeback: Writeback = "requested",
+    options: ProjectOptions | None = None,
 ) -> PredictJob:
     """The job for ``tasks``: ids, URLs and label names only (no pixels, no credentials)."""
     return PredictJob(
@@ -89,6 +91,7 @@ def predict_job(
         queue=queue,
         prompt=prompt,
         writeback=writeback,
+        options=options,
     )
 
 
@@ -109,6 +112,7 @@ class BatchCall:
     found: dict[int, TaskResult] = field(default_factory=dict)
     pending: list[int] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    options: ProjectOptions | None = None
 
     def note(self, message: str) -> None:
         if message not in self.messages:
@@ -131,20 +135,22 @@ class Predictor:
         workers, problem = self.rt.worker_status()
         if self.rt.queue.embedded and problem and problem != "model loading":
             raise Unavailable(problem)
-        version = self.rt.model_version(project)
+        options = self.rt.options(project)
+        version = self.rt.model_version(project, options)
         kind = "interactive" if prompt is not None else "batch"
         try:
             if prompt is not None and req.tasks:
-                return self._interactive(project, version, targets, req.tasks[0], prompt, started)
-            return self._batch(project, version, targets, req.tasks, started, workers, problem)
+                return self._interactive(project, version, targets, req.tasks[0], prompt, started, options)
+            return self._batch(project, version, targets, req.tasks, started, workers, problem, options)
         finally:
             self.rt.metrics.inc("seggpt_predict_requests_total", kind=kind)
             self.rt.metrics.observe("seggpt_predict_request_seconds", time.monotonic() - started, kind=kind)
 
     # ------------------------------------------------------------------ interactive
     def _interactive(
-        self, project: str, version: str, targets: list[Target], task: Task, prompt: Prompt, started: float
-    ) -> dict[str, Any]:
+        self, project: str, version: str, targets: list[Target], task: Task, prompt: Prompt, started: float,
+        options: ProjectOptions,
+    ) -> dict[str, Any]:  # fmt: skip
         channel = uuid.uuid4().hex
         job = predict_job(
             project=project,
@@ -154,6 +160,7 @@ class Predictor:
             channel=channel,
             queue="interactive",
             prompt=prompt,
+            options=options,
         )
         self.rt.queue.enqueue("interactive", job)
         deadline = started + self.s.predict_budget_s
@@ -176,12 +183,12 @@ class Predictor:
     # ------------------------------------------------------------------ batch
     def _batch(
         self, project: str, version: str, targets: list[Target], tasks: list[Task], started: float,
-        workers: int, problem: str | None,
+        workers: int, problem: str | None, options: ProjectOptions,
     ) -> dict[str, Any]:  # fmt: skip
         unique: dict[int, Task] = {}
         for t in tasks:
             unique.setdefault(t.id, t)
-        call = BatchCall(project, version, targets, unique)
+        call = BatchCall(project, version, targets, unique, options=options)
         for tid, t in unique.items():
             if existing_prediction(t, version) is not None:
                 call.answers[tid] = []  # Label Studio has it already: do not store a duplicate
@@ -222,7 +229,7 @@ class Predictor:
         if served:
             self.rt.metrics.inc("seggpt_predictions_served_total", served, channel="response")
         # Re-read: a worker may have published its engine version while this request waited.
-        current = self.rt.model_version(project)
+        current = self.rt.model_version(project, options)
         return {
             "results": [call.answers[t.id] for t in tasks],
             "model_version": current,
@@ -273,6 +280,7 @@ class Predictor:
                 tasks=part,
                 channel=channel,
                 queue=queue,
+                options=call.options,
             )
             job_id = self.rt.queue.enqueue(queue, job, job_id=self._job_id(call.project, call.version, part))
             self.rt.track(queue, job, job_id)
@@ -315,7 +323,7 @@ class Predictor:
         """True when the project has no example and none can arrive from a fill."""
         if self.rt.examples.count(project):
             return False
-        return self.rt.examples.is_populated(project) or not self.s.label_studio_url
+        return self.rt.examples.is_populated(project) or not self.rt.reaches_label_studio(project)
 
     def _job_id(self, project: str, version: str, tasks: list[Task]) -> str:
         ids = ",".join(str(t.id) for t in sorted(tasks, key=lambda t: t.id))

@@ -117,6 +117,7 @@ def queue_tasks(
         if not entry.ok:
             rt.results.forget(project, model_version, tid)
     rt.progress.queue(project, ids)
+    options = rt.options(project)
     jobs: dict[str, list[int]] = {}
     for i in range(0, len(tasks), chunk):
         part = list(tasks[i : i + chunk])
@@ -128,6 +129,7 @@ def queue_tasks(
             channel=channel,
             queue="batch",
             writeback="always",
+            options=options,
         )
         jid = rt.queue.enqueue(
             "batch", job, job_id=job_id(rt.settings.key_prefix, project, model_version, job.task_ids)

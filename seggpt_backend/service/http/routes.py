@@ -6,7 +6,10 @@
 ``GET``      ``/health``: ``{"status": "UP", "model_class": "SegGPT", ...}`` with the real state
              of Redis and the workers (503 ``DOWN`` when Redis is unreachable). Never loads.
 ``POST``     ``/setup``: ``{"model_version": ...}`` in milliseconds; starts a background fill
-             of the project's examples on first contact. 422 for an unsupported config.
+             of the project's examples on first contact; keeps the project's Extra params
+             (:class:`seggpt_backend.service.contract.ProjectOptions`) and, without ``LABEL_STUDIO_URL``/``_API_KEY``,
+             the hostname and token it sends. 422 for an unsupported config or Extra params.
+``GET``      ``/versions``: ``{"versions": [current], "model_version": current}``.
 ``POST``     ``/predict``: see :mod:`seggpt_backend.service.http.predict`.
 ``POST``     ``/webhook``: see :mod:`seggpt_backend.service.http.webhooks`.
 ``POST``     ``/train``: the legacy Start Training call (before webhooks): requests a tuning
@@ -20,12 +23,14 @@ reads; :mod:`seggpt_backend.service.store.quality`).
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from seggpt_backend.service.contract import parse_targets
+from seggpt_backend.service.contract import ProjectOptions, parse_targets
 from seggpt_backend.service.errors import RequestError
 from seggpt_backend.service.http import predict as predict_mod
 from seggpt_backend.service.http import training, webhooks
@@ -33,6 +38,7 @@ from seggpt_backend.service.http.health import HealthMonitor, health_body, quali
 from seggpt_backend.service.http.prelabel import progress_gauges
 from seggpt_backend.service.http.protocol import PredictRequest, SetupRequest, WebhookEvent, project_key
 from seggpt_backend.service.http.runtime import Runtime
+from seggpt_backend.service.store.connections import Connection, normalise_url
 
 MODEL_CLASS = "SegGPT"
 
@@ -70,12 +76,49 @@ async def health(rt: Rt, monitor: Annotated[HealthMonitor, Depends(health_monito
 
 @protocol.post("/setup")
 def setup(body: SetupRequest, rt: Rt) -> dict[str, Any]:
-    """Validate the config and return the project's current model version (no model loading)."""
+    """Validate the config and the Extra params, remember the project's options and (without
+    ``LABEL_STUDIO_URL``/``LABEL_STUDIO_API_KEY``) the connection Label Studio sent, and return
+    the project's current model version (no model loading)."""
     parse_targets(body.schema_)
     project = project_key(body.project)
+    options = ProjectOptions.from_extra_params(
+        body.extra_params, defaults=rt.default_options(), project=project
+    )  # 422 naming the key
+    rt.project_settings.put(project, body.extra_params)
+    s = rt.settings
+    if (
+        not (s.label_studio_url and s.label_studio_api_key)
+        and body.hostname
+        and (body.access_token or s.label_studio_api_key)
+    ):
+        url = s.label_studio_url or normalise_url(body.hostname)
+        rt.connections.put(project, Connection(url, s.label_studio_api_key or str(body.access_token)))
     if not rt.examples.is_populated(project):
         webhooks.enqueue_fill(rt, project, force=False)
-    return {"model_version": rt.model_version(project)}
+    return {"model_version": rt.model_version(project, options)}
+
+
+@protocol.get("/versions")
+async def versions(request: Request, rt: Rt) -> dict[str, Any]:
+    """The ``label_studio_ml`` convention: ``{"versions": [...], "model_version": current}``.
+
+    Label Studio 1.23 sends ``GET /versions`` with a JSON body ``{"project": "<id>.<ts>"}`` (the
+    model settings' version list); ``?project=`` works too. Without a project: the engine version.
+    """
+    raw: Any = request.query_params.get("project")
+    if raw is None:
+        body = await request.body()
+        if body:
+            try:
+                parsed = json.loads(body)
+            except ValueError as exc:
+                raise RequestError(f"/versions: the body is not JSON: {exc}") from exc
+            raw = parsed.get("project") if isinstance(parsed, dict) else None
+    if raw is None or str(raw).strip() == "":
+        current = rt.engine_version()
+    else:
+        current = await run_in_threadpool(rt.model_version, project_key(raw))
+    return {"versions": [current], "model_version": current}
 
 
 @protocol.post("/predict")

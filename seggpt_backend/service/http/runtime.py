@@ -30,12 +30,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from seggpt_backend.service.contract import PredictJob
+from seggpt_backend.service.contract import PredictJob, ProjectOptions
 from seggpt_backend.service.http.outstanding import Outstanding
+from seggpt_backend.service.store.connections import ConnectionStore
 from seggpt_backend.service.store.examples import ExampleStore, compose_model_version
 from seggpt_backend.service.store.kv import KV, RedisKV
 from seggpt_backend.service.store.metrics import Metrics
 from seggpt_backend.service.store.progress import ProgressStore
+from seggpt_backend.service.store.project_options import ProjectOptionsStore
 from seggpt_backend.service.store.prompts import PromptStore
 from seggpt_backend.service.store.queue import InProcessJobQueue, JobQueue, RQJobQueue
 from seggpt_backend.service.store.results import ResultStore
@@ -63,6 +65,8 @@ class Runtime:
     metrics: Metrics = field(init=False)
     prompts: PromptStore = field(init=False)
     progress: ProgressStore = field(init=False)
+    connections: ConnectionStore = field(init=False)
+    project_settings: ProjectOptionsStore = field(init=False)
     outstanding: Outstanding | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -71,6 +75,8 @@ class Runtime:
         self.metrics = Metrics(self.kv)
         self.prompts = PromptStore(self.kv, keep=self.settings.prompt_versions_kept)
         self.progress = ProgressStore(self.kv)
+        self.connections = ConnectionStore(self.kv)
+        self.project_settings = ProjectOptionsStore(self.kv)
         if not self.queue.embedded:
             # The in-process queue cannot lose a job without losing this process too.
             self.outstanding = Outstanding(self.queue, self.results)
@@ -116,10 +122,34 @@ class Runtime:
             raw = None
         return raw.decode() if raw else fallback_engine_version(self.settings.seggpt_weights)
 
-    def model_version(self, project: str) -> str:
+    def default_options(self) -> ProjectOptions:
+        return ProjectOptions.defaults(self.settings)
+
+    def options(self, project: str) -> ProjectOptions:
+        """The project's effective options: its Extra params (from /setup) over the environment."""
+        try:
+            return self.project_settings.get(project, self.default_options())
+        except Exception as exc:  # Redis down: the environment's options, predictions go on
+            log.warning("project %s: cannot read its Extra params: %s", project, exc)
+            return self.default_options()
+
+    def reaches_label_studio(self, project: str) -> bool:
+        """True when workers can call Label Studio's API for ``project`` (configured or /setup)."""
+        if self.settings.label_studio_url and self.settings.label_studio_api_key:
+            return True
+        try:
+            return self.connections.get(project) is not None or bool(self.settings.label_studio_url)
+        except Exception:
+            return bool(self.settings.label_studio_url)
+
+    def model_version(self, project: str, options: ProjectOptions | None = None) -> str:
         engine = self.engine_version()
+        opts = self.options(project) if options is None else options
         return compose_model_version(
-            engine, self.examples.digest(project), prompts=self.prompts.digest(project, engine)
+            engine,
+            self.examples.digest(project),
+            prompts=self.prompts.digest(project, engine),
+            options=opts.version_tag(),
         )
 
     # ------------------------------------------------------------------ health

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 def enqueue_fill(rt: Runtime, project: str, *, force: bool) -> str | None:
     """Queue a fill of the project's examples from Label Studio (deduplicated per project)."""
-    if not rt.settings.label_studio_url:
+    if not rt.reaches_label_studio(project):
         return None
     job_id = "seggpt-sync-" + hashlib.sha1(f"{rt.settings.key_prefix}|{project}".encode()).hexdigest()[:24]
     return rt.queue.enqueue("interactive", SyncJob(project=project, force=force), job_id=job_id)
@@ -53,7 +53,7 @@ def enqueue_quality(
     (:mod:`seggpt_backend.service.jobs.quality`), unless there is nothing to measure: no Label
     Studio API to read the prediction from, a skipped annotation, or a task without predictions.
     Deduplicated per annotation revision (``updated_at``)."""
-    if not rt.settings.label_studio_url or annotation.get("was_cancelled") or task.get("id") is None:
+    if not rt.reaches_label_studio(project) or annotation.get("was_cancelled") or task.get("id") is None:
         return None
     if task.get("total_predictions") == 0 and annotation.get("parent_prediction") is None:
         return None
@@ -126,7 +126,7 @@ def handle(rt: Runtime, event: WebhookEvent) -> dict[str, Any]:
             "stored": True,
             "quality": quality_job,
         }
-        if old != record.rev and rt.prompts.count_accepted(project, rt.settings.tune_every):
+        if old != record.rev and rt.prompts.count_accepted(project, rt.options(project).tune_every):
             answer["tuning"] = request_tuning(rt, project, trigger="auto")
         return answer
 
@@ -168,9 +168,13 @@ def handle(rt: Runtime, event: WebhookEvent) -> dict[str, Any]:
 def _tasks_created(rt: Runtime, project: str, event: WebhookEvent) -> dict[str, Any]:
     """Queue pre-labelling of imported tasks (``SEGGPT_AUTO_PRELABEL``); enqueues only."""
     action = event.action
-    if not rt.settings.auto_prelabel:
-        return {"status": "ok", "action": action, "detail": "nothing to do: SEGGPT_AUTO_PRELABEL is off"}
-    if not rt.settings.label_studio_url:
+    if not rt.options(project).auto_prelabel:
+        return {
+            "status": "ok",
+            "action": action,
+            "detail": "nothing to do: auto pre-labelling is off (SEGGPT_AUTO_PRELABEL, Extra params auto_prelabel)",
+        }
+    if not rt.reaches_label_studio(project):
         return {
             "status": "ignored",
             "action": action,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -39,15 +39,21 @@ GIVE_UP_S = 24 * 3600.0  # a result nobody could deliver for a day is dropped (a
 class Delivery:
     """Writes results back to Label Studio under the delivery claim; see the module docstring.
 
-    ``client``: a ``LabelStudioClient`` (``create_prediction``), or ``None`` without
-    ``LABEL_STUDIO_URL`` (results then only reach Label Studio in responses).
+    ``clients``: project -> a ``LabelStudioClient`` (``create_prediction``), or ``None`` without
+    ``LABEL_STUDIO_URL`` nor a ``/setup`` connection (results then only reach Label Studio in
+    responses); see :mod:`.clients`.
     """
 
     def __init__(
-        self, results: ResultStore, client: Any, metrics: Metrics, *, replace_superseded: bool
+        self,
+        results: ResultStore,
+        clients: Callable[[str], Any],
+        metrics: Metrics,
+        *,
+        replace_superseded: bool,
     ) -> None:
         self.results = results
-        self.client = client
+        self.clients = clients
         self.metrics = metrics
         self.replace_superseded = replace_superseded
 
@@ -98,7 +104,8 @@ class Delivery:
         if not self.results.claim(project, version, task_id):
             self.results.settle(project, model_version, task_id)  # a response or a worker has it
             return True
-        if self.client is None:
+        client = self.clients(project)
+        if client is None:
             # No API to write to: keep the claim off so a later request can still answer it.
             self.results.release(project, version, task_id)
             self.results.settle(project, model_version, task_id)
@@ -106,11 +113,11 @@ class Delivery:
             self.metrics.inc("seggpt_writeback_failures_total")
             return True
         try:
-            if pending.verify and self._already_in_label_studio(task_id, version):
+            if pending.verify and self._already_in_label_studio(client, task_id, version):
                 self.results.settle(project, model_version, task_id)  # claim kept: it is delivered
                 log.info("task %s: Label Studio already has its prediction of version %s", task_id, version)
                 return True
-            self.client.create_prediction(
+            client.create_prediction(
                 task_id,
                 list(entry.result),
                 entry.score,
@@ -132,18 +139,20 @@ class Delivery:
         self.prune(project, superseded_ids(pending.supersedes, keep=version))
         return True
 
-    def _already_in_label_studio(self, task_id: int, version: str) -> bool:
-        return any(p.get("model_version") == version for p in self.client.list_predictions(task_id))
+    @staticmethod
+    def _already_in_label_studio(client: Any, task_id: int, version: str) -> bool:
+        return any(p.get("model_version") == version for p in client.list_predictions(task_id))
 
     def prune(self, project: str, prediction_ids: Sequence[int]) -> list[int]:
         """Delete this backend's superseded predictions (if ``SEGGPT_REPLACE_SUPERSEDED``);
         returns the ids that could not be deleted (already gone counts as deleted)."""
-        if not self.replace_superseded or not prediction_ids or self.client is None:
+        client = self.clients(project) if self.replace_superseded and prediction_ids else None
+        if client is None:
             return []
         failed: list[int] = []
         for pid in prediction_ids:
             try:
-                self.client.delete_prediction(pid)
+                client.delete_prediction(pid)
             except Exception as exc:
                 log.warning("project %s: deleting superseded prediction %s failed: %s", project, pid, exc)
                 failed.append(pid)

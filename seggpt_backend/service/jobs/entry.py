@@ -27,6 +27,7 @@ from seggpt_backend.engine.interface import Engine, LearnedPrompt, TuneOptions
 from seggpt_backend.service.contract import (
     JobTask,
     PredictJob,
+    ProjectOptions,
     PruneJob,
     QualityJob,
     SyncJob,
@@ -34,11 +35,13 @@ from seggpt_backend.service.contract import (
     TuneJob,
 )
 from seggpt_backend.service.jobs import quality, sync
+from seggpt_backend.service.jobs.clients import ClientRouter, working_on
 from seggpt_backend.service.jobs.delivery import Delivery
 from seggpt_backend.service.jobs.materialize import Materializer
 from seggpt_backend.service.jobs.pipeline import Chunk, ChunkRunner, Options, ServedPrompt
 from seggpt_backend.service.jobs.prefetch import ImagePrefetcher
 from seggpt_backend.service.jobs.tuning import Tuner, TuningPolicy, run_summary
+from seggpt_backend.service.store.connections import ConnectionStore
 from seggpt_backend.service.store.examples import ExampleStore, compose_model_version
 from seggpt_backend.service.store.kv import KV
 from seggpt_backend.service.store.metrics import Metrics
@@ -60,7 +63,8 @@ class WorkerContext:
     settings: Settings
     kv: KV
     engine_loader: Callable[[], Engine]
-    client: Any = None  # LabelStudioClient, or None without LABEL_STUDIO_URL
+    client: Any = None  # the configured LabelStudioClient, or None without LABEL_STUDIO_URL
+    clients: ClientRouter = field(init=False)  # per project: configured, else from /setup
     examples: ExampleStore = field(init=False)
     results: ResultStore = field(init=False)
     metrics: Metrics = field(init=False)
@@ -81,19 +85,28 @@ class WorkerContext:
         self.metrics = Metrics(self.kv)
         self.prompts = PromptStore(self.kv, keep=self.settings.prompt_versions_kept)
         self.progress = ProgressStore(self.kv)
+        self.clients = ClientRouter(self.settings, ConnectionStore(self.kv), self.client)
         self.materializer = Materializer(self.kv, self.fetch, max_pixels=self.settings.max_image_pixels)
         self.prefetcher = ImagePrefetcher(
             self.fetch, max_pixels=self.settings.max_image_pixels, keep=max(16, 4 * self.settings.chunk_size)
         )
         self.delivery = Delivery(
-            self.results, self.client, self.metrics, replace_superseded=self.settings.replace_superseded
+            self.results,
+            self.clients.for_project,
+            self.metrics,
+            replace_superseded=self.settings.replace_superseded,
         )
 
     def fetch(self, url: str, task_id: int | None) -> bytes:
-        """Image bytes through the Label Studio client (host allow-list, auth)."""
-        if self.client is None:
-            raise RuntimeError("LABEL_STUDIO_URL is not set: cannot download task images")
-        return self.client.fetch_image_bytes(url, task_id)
+        """Image bytes through the Label Studio client of the project worked on (host
+        allow-list, auth; see :mod:`.clients`)."""
+        client = self.clients.current()
+        if client is None:
+            raise RuntimeError(
+                "LABEL_STUDIO_URL is not set and Label Studio has not called /setup for this project: "
+                "cannot download task images"
+            )
+        return client.fetch_image_bytes(url, task_id)
 
     @property
     def engine(self) -> Engine:
@@ -122,12 +135,15 @@ class WorkerContext:
         if self._engine is not None:
             self.kv.hset("engine", {"version": self._engine.model_version, "loaded_at": repr(time.time())})
 
-    def model_version(self, project: str) -> str:
+    def model_version(self, project: str, options: ProjectOptions | None = None) -> str:
         """The version this worker predicts ``project`` with now (its engine, current examples,
-        the promoted prompts tuned for its engine)."""
+        the promoted prompts tuned for its engine, the project's own options)."""
         engine = self.engine.model_version
         return compose_model_version(
-            engine, self.examples.digest(project), prompts=self.prompts.digest(project, engine)
+            engine,
+            self.examples.digest(project),
+            prompts=self.prompts.digest(project, engine),
+            options=None if options is None else options.version_tag(),
         )
 
     def served_prompts(self, project: str) -> dict[str, ServedPrompt]:
@@ -173,17 +189,22 @@ class WorkerContext:
             seg_type=s.seg_type,
         )
 
-    def options(self) -> Options:
+    def options(self, project: ProjectOptions | None = None) -> Options:
+        """The pipeline's knobs: the job's project options (:class:`~seggpt_backend.service.contract.ProjectOptions`), else the environment's."""
         s = self.settings
+        p = ProjectOptions.defaults(s) if project is None else project
         return Options(
-            num_examples=s.num_examples,
-            selection=s.example_selection,
+            num_examples=p.num_examples,
+            selection=p.selection,
             pool=s.example_pool,
-            split_components=s.split_components,
-            ensemble=s.ensemble,
+            split_components=p.split_components,
+            ensemble=p.ensemble,
             seg_type=s.seg_type,
             multilabel=s.multilabel,
             polygon_tolerance=s.polygon_tolerance,
+            threshold=p.threshold,
+            min_region_area=p.min_region_area,
+            min_score=p.min_score,
         )
 
     def close(self) -> None:
@@ -270,18 +291,19 @@ def execute_quality(ctx: WorkerContext, job: QualityJob) -> dict[str, Any]:
     that is gone (deleted since the webhook) is not an error either.
     """
     summary: dict[str, Any] = {"project": job.project, "task": job.task_id, "annotation": job.annotation_id}
-    if ctx.client is None:
-        return {**summary, "recorded": False, "reason": "LABEL_STUDIO_URL is not set"}
+    client = ctx.clients.for_project(job.project)
+    if client is None:
+        return {**summary, "recorded": False, "reason": "no Label Studio connection for the project"}
     from seggpt_backend.labelstudio.client import LabelStudioError
 
     try:
-        task = ctx.client.get_task(job.task_id)
+        task = client.get_task(job.task_id)
     except LabelStudioError as exc:
         if getattr(exc, "status_code", None) == 404:
             return {**summary, "recorded": False, "reason": f"task {job.task_id} no longer exists"}
         raise
     if not task.get("predictions") and task.get("total_predictions"):
-        task = {**task, "predictions": ctx.client.list_predictions(job.task_id)}
+        task = {**task, "predictions": client.list_predictions(job.task_id)}
     measurement = quality.measure(task, job.annotation_id)
     if measurement is None:
         return {**summary, "recorded": False, "reason": "no prediction of this backend to compare with"}
@@ -319,16 +341,17 @@ def execute_tune(ctx: WorkerContext, job: TuneJob) -> TuneRun:
             raise RuntimeError(f"project {job.project}: another tuning run holds the lock for too long")
         time.sleep(1.0)
     try:
-        ensure_examples(ctx, job.project)
-        tuner = Tuner(
-            engine=ctx.engine,
-            materializer=ctx.materializer,
-            prompts=ctx.prompts,
-            metrics=ctx.metrics,
-            policy=ctx.tuning_policy(),
-            served=ctx.served_prompts,
-        )
-        return tuner.run(job, ctx.examples.records(job.project))
+        with working_on(job.project):
+            ensure_examples(ctx, job.project)
+            tuner = Tuner(
+                engine=ctx.engine,
+                materializer=ctx.materializer,
+                prompts=ctx.prompts,
+                metrics=ctx.metrics,
+                policy=ctx.tuning_policy(),
+                served=ctx.served_prompts,
+            )
+            return tuner.run(job, ctx.examples.records(job.project))
     finally:
         ctx.kv.delete(lock)
 
@@ -337,15 +360,19 @@ def ensure_examples(ctx: WorkerContext, project: str, *, force: bool = False) ->
     """Fill the project's examples from Label Studio unless done already (first use)."""
     if not force and ctx.examples.is_populated(project):
         return
-    if ctx.client is None:
-        log.warning("project %s: LABEL_STUDIO_URL/API key not set; examples come only from webhooks", project)
+    client = ctx.clients.for_project(project)
+    if client is None:
+        log.warning(
+            "project %s: LABEL_STUDIO_URL not set and no /setup seen; examples come only from webhooks",
+            project,
+        )
         return
     backoff = f"ex:{project}:fill_failed"
     if not force and ctx.kv.exists(backoff):
         return  # Label Studio failed us recently: do not add its timeout to every job
     try:
         sync.fill(
-            ctx.client,
+            client,
             ctx.examples,
             ctx.kv,
             project,
@@ -359,7 +386,8 @@ def ensure_examples(ctx: WorkerContext, project: str, *, force: bool = False) ->
 
 
 def execute_sync(ctx: WorkerContext, job: SyncJob) -> dict[str, Any]:
-    ensure_examples(ctx, job.project, force=job.force)
+    with working_on(job.project):
+        ensure_examples(ctx, job.project, force=job.force)
     return {"project": job.project, "examples": ctx.examples.count(job.project)}
 
 
@@ -368,7 +396,8 @@ def execute_predict(ctx: WorkerContext, job: PredictJob) -> dict[str, Any]:
     started = time.monotonic()
     ctx.metrics.observe("seggpt_job_wait_seconds", max(0.0, time.time() - job.enqueued_at), queue=job.queue)
     try:
-        summary = _predict(ctx, job)
+        with working_on(job.project):
+            summary = _predict(ctx, job)
     except Exception:
         ctx.metrics.inc("seggpt_jobs_total", queue=job.queue, status="failed")
         raise
@@ -423,7 +452,7 @@ def _predict(ctx: WorkerContext, job: PredictJob) -> dict[str, Any]:
     records = ctx.examples.records(project)
     # Results are stored under the requested version (the waiting request looks them up by it) but
     # carry the version actually computed, which is what /setup reports from now on.
-    actual = ctx.model_version(project)
+    actual = ctx.model_version(project, job.options)
     chunk = Chunk(
         project=project,
         model_version=actual,
@@ -433,7 +462,7 @@ def _predict(ctx: WorkerContext, job: PredictJob) -> dict[str, Any]:
         prompt=job.prompt,
         learned=ctx.served_prompts(project),
     )
-    outcome = ctx.runner.run(chunk, ctx.options())
+    outcome = ctx.runner.run(chunk, ctx.options(job.options))
     ctx.prefetcher.release(url for t in tasks for url in t.images.values())
     failed = sum(1 for e in outcome.entries.values() if not e.ok)
     ctx.metrics.inc("seggpt_tasks_total", len(outcome.entries) - failed, outcome="predicted")

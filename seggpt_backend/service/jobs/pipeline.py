@@ -9,6 +9,7 @@ engine raises on the batch, the requests are retried one by one so only the culp
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,7 +25,7 @@ from seggpt_backend.service.contract import JobTask, Prompt, Target, TaskResult
 from seggpt_backend.service.errors import ExampleError
 from seggpt_backend.service.jobs.materialize import Materialized, Materializer
 from seggpt_backend.service.jobs.refine import refine
-from seggpt_backend.service.jobs.regions import prediction_result, regions_for_label
+from seggpt_backend.service.jobs.regions import RegionFilter, prediction_result, regions_for_label
 from seggpt_backend.service.jobs.selection import Candidate, describe, most_recent, select
 from seggpt_backend.service.store.examples import ExampleRecord
 
@@ -38,7 +39,9 @@ ImageLoader = Callable[[str, int], "Future[LoadedImage]"]
 
 @dataclass
 class Options:
-    """Per-deployment knobs (from settings)."""
+    """The knobs of one job: the environment's, or its project's Extra params
+    (:class:`~seggpt_backend.service.contract.ProjectOptions`). ``threshold``: soft-map
+    foreground threshold; ``min_region_area`` (pixels) and ``min_score`` drop specks."""
 
     num_examples: int = 4
     selection: str = "retrieval"
@@ -48,6 +51,18 @@ class Options:
     seg_type: str = "instance"
     multilabel: str = "per-label"
     polygon_tolerance: float = 1.0  # pixels, for PolygonLabels targets
+    threshold: float = 0.5
+    min_region_area: int = 0
+    min_score: float = 0.0
+
+    def region_filter(self, *, interactive: bool) -> RegionFilter:
+        return RegionFilter(
+            split_components=self.split_components and not interactive,
+            threshold=self.threshold,
+            min_area=self.min_region_area,
+            # An interactive answer is what the annotator asked for: never filtered away.
+            min_score=0.0 if interactive else self.min_score,
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -190,6 +205,7 @@ class ChunkRunner:
         requests = self._requests(chunk, units, picker, options, out)
         predictions = _segment(self.engine, requests, options, [u.task_id for u in units], out)
         regions: dict[int, list[dict[str, Any]]] = {}
+        filt = options.region_filter(interactive=prompt is not None)
         for unit, preds in zip(units, predictions, strict=True):
             if preds is None:
                 continue
@@ -203,7 +219,7 @@ class ChunkRunner:
                         label=label,
                         from_name=unit.target.from_name,
                         to_name=unit.target.to_name,
-                        split_components=options.split_components and prompt is None,
+                        filters=filt,
                         mask=mask,
                         kind=unit.target.kind,
                         polygon_tolerance=options.polygon_tolerance,
@@ -235,7 +251,8 @@ class ChunkRunner:
         for t in targets:
             for label in t.labels if chunk.prompt is None else (chunk.prompt.label,):
                 for c in picker.candidates(t, label)[:limit]:
-                    self.pool.submit(picker.materialize, c.key, t.to_name)
+                    # The context names the project whose Label Studio client fetches (jobs.clients).
+                    self.pool.submit(contextvars.copy_context().run, picker.materialize, c.key, t.to_name)
 
     @staticmethod
     def _decode(

@@ -13,6 +13,7 @@ returned alongside, which is the size masks are produced at.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from collections import OrderedDict
@@ -63,7 +64,8 @@ class ImagePrefetcher:
             if fut is not None and not (fut.done() and fut.exception() is not None):
                 self._futures.move_to_end(url)
                 return fut
-            fut = self.pool.submit(self._load_now, url, task_id)
+            # The caller's context travels along: it names the project whose client fetches.
+            fut = self.pool.submit(contextvars.copy_context().run, self._load_now, url, task_id)
             self._futures[url] = fut
             while len(self._futures) > self._keep:
                 self._futures.popitem(last=False)

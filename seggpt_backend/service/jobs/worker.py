@@ -51,6 +51,7 @@ from rq.worker_registration import REDIS_WORKER_KEYS
 
 from seggpt_backend.service.contract import PredictJob
 from seggpt_backend.service.jobs import entry as jobs
+from seggpt_backend.service.jobs.clients import working_on
 from seggpt_backend.service.store.kv import RedisKV
 from seggpt_backend.service.store.queue import check_queue_names, reclaim_abandoned, rq_queue_name
 from seggpt_backend.settings import Settings, configure_logging
@@ -166,7 +167,9 @@ class SegGptWorker(SimpleWorker):
                         and nxt is not None
                         and (nxt.func_name or "").endswith("predict_job")
                     ):
-                        self.context.prefetcher.warm(PredictJob.from_json(payload).image_urls())
+                        nxt_job = PredictJob.from_json(payload)
+                        with working_on(nxt_job.project):  # its images, with its project's client
+                            self.context.prefetcher.warm(nxt_job.image_urls())
                         return
         except Exception as exc:  # prefetch is an optimisation only (a bad payload fails in its job)
             log.debug("prefetch of the next job skipped: %s", exc)

@@ -212,14 +212,21 @@ def digest_of(revs: Mapping[str, str]) -> str:
     return hashlib.sha1(body.encode()).hexdigest()[:10]
 
 
-def compose_model_version(engine_version: str, digest: str, *, prompts: str | None = None) -> str:
+def compose_model_version(
+    engine_version: str, digest: str, *, prompts: str | None = None, options: str | None = None
+) -> str:
     """The model version Label Studio sees: ``<engine version>.ex-<examples digest>``, plus
-    ``.pr-<digest of the served learned prompts>`` once a tuned prompt is promoted."""
+    ``.pr-<digest of the served learned prompts>`` once a tuned prompt is promoted, plus
+    ``.p-<digest of the project's own options>`` when its Extra params change predictions."""
     base = f"{engine_version}.ex-{digest}"
-    return base if prompts is None else f"{base}.pr-{prompts}"
+    if prompts is not None:
+        base += f".pr-{prompts}"
+    return base if options is None else f"{base}.p-{options}"
 
 
-OWN_VERSION = re.compile(r"^seggpt-[A-Za-z0-9._-]+\.ex-(none|[0-9a-f]{10})(\.pr-[0-9a-f]{10})?$")
+OWN_VERSION = re.compile(
+    r"^seggpt-[A-Za-z0-9._-]+\.ex-(none|[0-9a-f]{10})(\.pr-[0-9a-f]{10})?(\.p-[0-9a-f]{10})?$"
+)
 
 
 def is_own_version(model_version: str) -> bool:
