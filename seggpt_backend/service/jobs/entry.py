@@ -36,6 +36,7 @@ from seggpt_backend.service.store.kv import KV
 from seggpt_backend.service.store.metrics import Metrics
 from seggpt_backend.service.store.prompts import PromptStore, TuneRun
 from seggpt_backend.service.store.results import ResultStore
+from seggpt_backend.service.store.taskcache import TaskCache
 from seggpt_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class WorkerContext:
                 load=self.prefetcher.load,
                 materializer=self.materializer,
                 pool=self.prefetcher.pool,
+                cache=TaskCache(self.kv, self.settings.refine_cache_ttl_s),
             )
         return self._runner
 
