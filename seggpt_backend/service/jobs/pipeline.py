@@ -293,7 +293,7 @@ class ChunkRunner:
                     return out
                 soft = pred.soft
                 if cache:
-                    cache.put_soft(chunk.project, version, task.id, label, soft)
+                    soft = cache.put_soft_exact(chunk.project, version, task.id, label, soft)
             suggestion = soft > BINARY_CUT
 
             def source() -> tuple[np.ndarray, Sequence[Example], LearnedPrompt | None]:

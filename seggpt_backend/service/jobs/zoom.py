@@ -22,7 +22,7 @@ import numpy as np
 from seggpt_backend import masks
 from seggpt_backend.engine.interface import Engine, Example, LearnedPrompt, SegmentRequest
 from seggpt_backend.service.jobs.refine import Window
-from seggpt_backend.service.store.taskcache import TaskCache
+from seggpt_backend.service.store.taskcache import TaskCache, decode_soft, encode_soft
 
 
 def _largest_box(mask: np.ndarray) -> Window | None:
@@ -114,9 +114,11 @@ class ZoomSegmenter:
                 r0, r1, c0, c1 = windows[i]
                 got = pred.get(self.label)
                 soft = got.soft if got is not None else np.zeros((r1 - r0, c1 - c0), np.float32)
-                out[i] = soft
                 if self.cache is not None and self.cache_key is not None and got is not None:
-                    self.cache.put_zoom(*self.cache_key, self.label, windows[i], soft)
+                    raw = encode_soft(soft)
+                    self.cache.put_raw(self.cache.zoom_key(*self.cache_key, self.label, windows[i]), raw)
+                    soft = decode_soft(raw)  # answer what later calls will read: deterministic
+                out[i] = soft
         return [np.asarray(s, dtype=np.float32) for s in out]
 
     def _request(

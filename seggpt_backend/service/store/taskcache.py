@@ -155,18 +155,34 @@ class TaskCache:
     def get_soft(self, project: str, version: str, task_id: int, label: str) -> np.ndarray | None:
         return self._read_soft(self._soft_key(project, version, task_id, label, "soft"))
 
+    def zoom_key(self, project: str, version: str, task_id: int, label: str, window: Window) -> str:
+        return self._soft_key(project, version, task_id, label, "zoom:" + ",".join(map(str, window)))
+
+    def put_raw(self, key: str, value: bytes) -> None:
+        """Store an already encoded value (:func:`encode_soft`) under ``key``."""
+        self._put(key, value)
+
     def put_zoom(
         self, project: str, version: str, task_id: int, label: str, window: Window, soft: np.ndarray
     ) -> None:
         if self.enabled:
-            key = self._soft_key(project, version, task_id, label, "zoom:" + ",".join(map(str, window)))
-            self._put(key, encode_soft(soft))
+            self._put(self.zoom_key(project, version, task_id, label, window), encode_soft(soft))
 
     def get_zoom(
         self, project: str, version: str, task_id: int, label: str, window: Window
     ) -> np.ndarray | None:
-        key = self._soft_key(project, version, task_id, label, "zoom:" + ",".join(map(str, window)))
-        return self._read_soft(key)
+        return self._read_soft(self.zoom_key(project, version, task_id, label, window))
+
+    def put_soft_exact(
+        self, project: str, version: str, task_id: int, label: str, soft: np.ndarray
+    ) -> np.ndarray:
+        """Store ``soft`` and return it as it will be read back (quantised), so the answer
+        computed now equals every later one (same context, same mask)."""
+        if not self.enabled:
+            return soft
+        raw = encode_soft(soft)
+        self._put(self._soft_key(project, version, task_id, label, "soft"), raw)
+        return decode_soft(raw)
 
     def _read_soft(self, key: str) -> np.ndarray | None:
         raw = self._get(key)
