@@ -197,3 +197,18 @@ def test_clicks_and_boxes_combine_deterministically_in_any_order() -> None:
 def test_shape_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError):
         refine(np.zeros((4, 4), bool), np.zeros((4, 5), np.float32), _prompt())
+
+
+def test_readme_config_offers_smart_tools_that_parse_to_prompts() -> None:
+    import re
+    from pathlib import Path
+
+    from seggpt_backend.service.contract import parse_targets
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    config = re.search(r"<View>.*?</View>", readme, re.S).group(0)  # type: ignore[union-attr]
+    assert '<KeyPointLabels name="kp" toName="image" smart="true">' in config
+    assert '<RectangleLabels name="box" toName="image" smart="true">' in config
+    targets = parse_targets(config)
+    prompt = parse_context({"result": [_kp(10, 10, "Dog"), _rect(5, 5, 20, 30, "Dog")]}, targets)
+    assert prompt is not None and prompt.from_name == "tag" and prompt.label == "Dog"
