@@ -53,6 +53,7 @@ MINIMUM: dict[str, float] = {
     "polygon_tolerance": 0,
     "min_region_area": 0,
     "min_score": 0,
+    "refine_cache_ttl_s": 0,
 }
 
 
@@ -130,6 +131,10 @@ class Settings:
     # Foreground/background loss balance in [0, 1]; -1: the weights' own (0.25 demo, else 0).
     tune_fg_balance: float = field(default=-1.0, metadata={"env": "SEGGPT_TUNE_FG_BALANCE"})
     prompt_versions_kept: int = field(default=10, metadata={"env": "SEGGPT_PROMPT_VERSIONS_KEPT"})
+
+    # Interactive refinement: how long a task's soft maps and decoded image stay in Redis for
+    # smart-tool clicks (seconds; 0 turns the cache off).
+    refine_cache_ttl_s: float = field(default=3600.0, metadata={"env": "SEGGPT_REFINE_CACHE_TTL_S"})
 
     # Misc
     model_dir: str = field(default="./model_dir", metadata={"env": "MODEL_DIR"})

@@ -234,3 +234,64 @@ def test_two_brush_controls_on_two_images(engine) -> None:
         for r in out.entries[1].result
     }
     assert seen == {("tag", "image", "Cat", 50), ("tag2", "image2", "Dog", 70)}
+
+
+class CountingEngine:
+    """The real engine, counting its forward calls (how the cache is observed)."""
+
+    def __init__(self, engine) -> None:
+        self.inner = engine
+        self.calls = 0
+
+    @property
+    def model_version(self) -> str:
+        return self.inner.model_version
+
+    def segment(self, requests, **kwargs):
+        self.calls += 1
+        return self.inner.segment(requests, **kwargs)
+
+
+def test_batch_fills_the_task_cache_and_a_click_is_answered_without_a_forward_pass(engine) -> None:
+    from seggpt_backend.service.store.taskcache import TaskCache
+
+    files = Files()
+    records = [_example(files, 1, 100, seed=1)]
+    files.data["/q.png"] = png_bytes(scene(60, 80, seed=3)[0])
+    counting = CountingEngine(engine)
+    cache = TaskCache(MemoryKV(), 600)
+    runner = ChunkRunner(
+        engine=counting,
+        load=files.load,
+        materializer=Materializer(MemoryKV(), files.fetch, max_pixels=10**8),
+        pool=files.pool,
+        cache=cache,
+    )
+    task = JobTask.from_json({"id": 4, "images": {"image": "/q.png"}})
+    batch = Chunk(project="1", model_version="v1", targets=TARGETS, tasks=[task], records=records)
+    runner.run(batch, Options(num_examples=1))
+    assert counting.calls == 1
+    soft = cache.get_soft("1", "v1", 4, "Cat")
+    assert soft is not None and soft.shape == (60, 80) and cache.get_image("1", 4, "/q.png") is not None
+    mask = soft > 128 / 255
+    r, c = (int(v[0]) for v in np.nonzero(mask)) if mask.any() else (0, 0)
+    prompt = Prompt("Cat", "tag", "image", points=(((c + 0.5) / 80 * 100, (r + 0.5) / 60 * 100, True),))
+    files.data.clear()  # nothing may be downloaded: the cache has what the click needs
+    clicked = runner.run(
+        Chunk(project="1", model_version="v1", targets=TARGETS, tasks=[task], records=records, prompt=prompt),
+        Options(num_examples=1),
+    )
+    assert clicked.entries[4].ok and counting.calls == 1
+    # A box zooms in (one forward pass on the crop), then the same box comes from the zoom cache.
+    files.data["/q.png"] = png_bytes(scene(60, 80, seed=3)[0])
+    box = Prompt("Cat", "tag", "image", boxes=((10.0, 10.0, 40.0, 40.0),))
+    boxed = Chunk(project="1", model_version="v1", targets=TARGETS, tasks=[task], records=records, prompt=box)
+    first = runner.run(boxed, Options(num_examples=1))
+    assert counting.calls == 2
+    again = runner.run(boxed, Options(num_examples=1))
+    assert counting.calls == 2 and again.entries[4].result == first.entries[4].result
+    from seggpt_backend.labelstudio import rle
+
+    for region in first.entries[4].result:
+        m = rle.decode(region["value"]["rle"], 60, 80) > 0
+        assert not m[:, 40:].any() and not m[30:, :].any() and not m[:6, :].any()  # inside the box only

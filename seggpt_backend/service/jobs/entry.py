@@ -49,6 +49,7 @@ from seggpt_backend.service.store.progress import ProgressStore
 from seggpt_backend.service.store.prompts import PromptStore, TuneRun
 from seggpt_backend.service.store.quality import QualityStore
 from seggpt_backend.service.store.results import ResultStore
+from seggpt_backend.service.store.taskcache import TaskCache
 from seggpt_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class WorkerContext:
                 load=self.prefetcher.load,
                 materializer=self.materializer,
                 pool=self.prefetcher.pool,
+                cache=TaskCache(self.kv, self.settings.refine_cache_ttl_s),
             )
         return self._runner
 

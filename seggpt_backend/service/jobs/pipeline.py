@@ -27,9 +27,14 @@ from seggpt_backend.service.jobs.materialize import Materialized, Materializer
 from seggpt_backend.service.jobs.refine import refine
 from seggpt_backend.service.jobs.regions import RegionFilter, prediction_result, regions_for_label
 from seggpt_backend.service.jobs.selection import Candidate, describe, most_recent, select
+from seggpt_backend.service.jobs.zoom import ZoomSegmenter
 from seggpt_backend.service.store.examples import ExampleRecord
+from seggpt_backend.service.store.taskcache import TaskCache
 
 log = logging.getLogger(__name__)
+
+# The authors' binary rule on the painting's channel mean (> 128 of 255) as a soft-map cut.
+BINARY_CUT = 128.0 / 255.0
 
 # What a bad, missing or oversized image raises; anything else is logged with its traceback.
 EXPECTED_IMAGE_ERRORS: tuple[type[Exception], ...] = (ImageError, LabelStudioError)
@@ -177,41 +182,44 @@ class Unit:
 @dataclass(frozen=True)
 class ChunkRunner:
     """Runs chunks on a worker's long-lived parts: the engine (loaded once), the image loader,
-    the example materializer and a thread pool. Build one per worker; call :meth:`run` per job."""
+    the example materializer and a thread pool. Build one per worker; call :meth:`run` per job.
+
+    ``cache``: the per-task cache (soft maps, decoded images) batch jobs fill and interactive
+    jobs read, so a click that needs no new forward pass is answered from it on any worker.
+    """
 
     engine: Engine
     load: ImageLoader
     materializer: Materializer
     pool: ThreadPoolExecutor | None = None
+    cache: TaskCache | None = None
 
     def run(self, chunk: Chunk, options: Options) -> ChunkOutcome:
         """Predict every task of ``chunk``: one engine call for all of them (see the module docstring).
 
         With ``chunk.prompt`` (interactive), only the prompt's label on its control is predicted
-        and then refined.
+        (or read from the task cache) and then refined, zooming in where the prompt needs it.
         """
+        if chunk.prompt is not None:
+            return self._interactive(chunk, chunk.prompt, options)
         out = ChunkOutcome()
-        prompt = chunk.prompt
         targets = list(chunk.targets)
         # With one BrushLabels control, examples match by label alone (survives a renamed control).
         picker = ExamplePicker(
             chunk.project, chunk.records, self.materializer, options, single_target=len(targets) == 1
         )
-        if prompt is not None:
-            targets = [t for t in targets if t.from_name == prompt.from_name]
         downloads = self._download(chunk.tasks, targets)
         self._warm_examples(picker, targets, options, chunk)  # while the query images download
         units = self._decode(chunk.tasks, targets, downloads, out)
         requests = self._requests(chunk, units, picker, options, out)
         predictions = _segment(self.engine, requests, options, [u.task_id for u in units], out)
         regions: dict[int, list[dict[str, Any]]] = {}
-        filt = options.region_filter(interactive=prompt is not None)
+        filt = options.region_filter(interactive=False)
         for unit, preds in zip(units, predictions, strict=True):
             if preds is None:
                 continue
             task_regions = regions.setdefault(unit.task_id, [])
             for label, pred in preds.items():
-                mask = refine(pred.mask, pred.soft, prompt) if prompt is not None else None
                 task_regions.extend(
                     regions_for_label(
                         pred,
@@ -220,14 +228,128 @@ class ChunkRunner:
                         from_name=unit.target.from_name,
                         to_name=unit.target.to_name,
                         filters=filt,
-                        mask=mask,
                         kind=unit.target.kind,
                         polygon_tolerance=options.polygon_tolerance,
                     )
                 )
+        self._remember(chunk, units, predictions)
         for tid, task_regions in regions.items():
             if tid not in out.entries:
                 out.entries[tid] = prediction_result(task_regions, chunk.model_version)
+        return out
+
+    def _remember(
+        self, chunk: Chunk, units: Sequence[Unit], predictions: Sequence[dict[str, MaskPrediction] | None]
+    ) -> None:
+        """Keep each unit's decoded image and soft maps in the task cache for later clicks."""
+        if self.cache is None or not self.cache.enabled:
+            return
+        urls = {t.id: t.images for t in chunk.tasks}
+        for unit, preds in zip(units, predictions, strict=True):
+            url = urls.get(unit.task_id, {}).get(unit.target.data_key)
+            if preds is None or not isinstance(url, str):
+                continue
+            try:
+                self.cache.put_image(chunk.project, unit.task_id, url, unit.pixels, unit.size)
+                for label, pred in preds.items():
+                    self.cache.put_soft(chunk.project, chunk.model_version, unit.task_id, label, pred.soft)
+            except Exception:  # a cache is an optimisation: the prediction is delivered anyway
+                log.warning("task %s: could not fill the refine cache", unit.task_id, exc_info=True)
+
+    # ------------------------------------------------------------------ interactive
+    def _interactive(self, chunk: Chunk, prompt: Prompt, options: Options) -> ChunkOutcome:
+        """One task, one label: the suggestion (cached or computed), refined by the prompt."""
+        out = ChunkOutcome()
+        task = chunk.tasks[0]
+        targets = [t for t in chunk.targets if t.from_name == prompt.from_name]
+        if not targets:
+            out.entries[task.id] = TaskResult.failure(
+                f"task {task.id}: control {prompt.from_name!r} of the smart tool is not in the label config"
+            )
+            return out
+        target = targets[0]
+        label = prompt.label
+        url = task.images.get(target.data_key)
+        if not isinstance(url, str) or not url:
+            out.entries[task.id] = TaskResult.failure(
+                f"task {task.id}: no image URL in data[{target.data_key!r}]"
+            )
+            return out
+        picker = ExamplePicker(
+            chunk.project, chunk.records, self.materializer, options, single_target=len(chunk.targets) == 1
+        )
+        cache = self.cache if self.cache is not None and self.cache.enabled else None
+        version = chunk.model_version
+        loaded: dict[str, Any] = {}
+
+        def image() -> LoadedImage:
+            if "image" not in loaded:
+                hit = cache.get_image(chunk.project, task.id, url) if cache else None
+                if hit is None:
+                    hit = self.load(url, task.id).result()
+                    if cache:
+                        cache.put_image(chunk.project, task.id, url, hit[0], hit[1])
+                loaded["image"] = hit
+            return loaded["image"]
+
+        def request() -> SegmentRequest:
+            if "request" not in loaded:
+                pixels, size = image()
+                unit = Unit(task.id, target, pixels, size)
+                loaded["request"] = self._requests(chunk, [unit], picker, options, out)[0]
+            return loaded["request"]
+
+        soft = cache.get_soft(chunk.project, version, task.id, label) if cache else None
+        try:
+            if soft is None:
+                req = request()
+                preds = _segment(self.engine, [req], options, [task.id], out)[0]
+                if preds is None:
+                    return out  # the failure is in out.entries
+                pred = preds.get(label)
+                if pred is None:
+                    out.entries[task.id] = prediction_result([], version)
+                    return out
+                soft = pred.soft
+                if cache:
+                    soft = cache.put_soft_exact(chunk.project, version, task.id, label, soft)
+            suggestion = soft > BINARY_CUT
+
+            def source() -> tuple[np.ndarray, Sequence[Example], LearnedPrompt | None]:
+                req = request()
+                served = chunk.learned.get(label)
+                return req.query, list(req.examples.get(label, ())), served.prompt if served else None
+
+            zoom = ZoomSegmenter(
+                engine=self.engine,
+                label=label,
+                size=(int(soft.shape[0]), int(soft.shape[1])),
+                source=source,
+                cache=cache,
+                cache_key=(chunk.project, version, task.id),
+                engine_kwargs={"ensemble": options.ensemble, "seg_type": options.seg_type},
+            )
+            refined = refine(suggestion, soft, prompt, zoom=zoom)
+        except EXPECTED_IMAGE_ERRORS as exc:
+            out.entries[task.id] = TaskResult.failure(f"task {task.id}: image {url!r}: {exc}")
+            return out
+        except Exception as exc:
+            _fail(out, task.id, exc)
+            return out
+        out.messages.extend(f"task {task.id}: {note}" for note in refined.notes)
+        pred = MaskPrediction(refined.soft, refined.mask, 0.0)
+        regions = regions_for_label(
+            pred,
+            task_id=task.id,
+            label=label,
+            from_name=target.from_name,
+            to_name=target.to_name,
+            filters=options.region_filter(interactive=True),
+            mask=refined.mask,
+            kind=target.kind,
+            polygon_tolerance=options.polygon_tolerance,
+        )
+        out.entries[task.id] = prediction_result(regions, version)
         return out
 
     def _download(
