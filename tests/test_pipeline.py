@@ -252,7 +252,7 @@ class CountingEngine:
         return self.inner.segment(requests, **kwargs)
 
 
-def test_batch_fills_the_task_cache_and_a_click_is_answered_without_a_forward_pass(engine) -> None:
+def test_an_opened_task_fills_the_cache_and_a_click_is_answered_without_a_forward_pass(engine) -> None:
     from seggpt_backend.service.store.taskcache import TaskCache
 
     files = Files()
@@ -268,8 +268,13 @@ def test_batch_fills_the_task_cache_and_a_click_is_answered_without_a_forward_pa
         cache=cache,
     )
     task = JobTask.from_json({"id": 4, "images": {"image": "/q.png"}})
+    other = JobTask.from_json({"id": 5, "images": {"image": "/q.png"}})
+    bulk = Chunk(project="1", model_version="v1", targets=TARGETS, tasks=[task, other], records=records)
+    runner.run(bulk, Options(num_examples=1))  # bulk pre-labelling: nothing cached (Redis stays small)
+    assert counting.calls == 1 and cache.get_soft("1", "v1", 4, "Cat") is None
+    counting.calls = 0
     batch = Chunk(project="1", model_version="v1", targets=TARGETS, tasks=[task], records=records)
-    runner.run(batch, Options(num_examples=1))
+    runner.run(batch, Options(num_examples=1))  # the task opened in the editor: cached
     assert counting.calls == 1
     soft = cache.get_soft("1", "v1", 4, "Cat")
     assert soft is not None and soft.shape == (60, 80) and cache.get_image("1", 4, "/q.png") is not None

@@ -241,8 +241,14 @@ class ChunkRunner:
     def _remember(
         self, chunk: Chunk, units: Sequence[Unit], predictions: Sequence[dict[str, MaskPrediction] | None]
     ) -> None:
-        """Keep each unit's decoded image and soft maps in the task cache for later clicks."""
-        if self.cache is None or not self.cache.enabled:
+        """Keep each unit's decoded image and soft maps in the task cache for later clicks.
+
+        Only for a chunk of one task: that is the task an annotator just opened in the editor
+        (Label Studio asks for it alone), the one about to be clicked. A bulk pre-labelling run
+        would otherwise fill Redis with megabytes per task nobody may ever click; its tasks pay
+        one forward pass on their first click and are cached from then on.
+        """
+        if self.cache is None or not self.cache.enabled or len(chunk.tasks) != 1:
             return
         urls = {t.id: t.images for t in chunk.tasks}
         for unit, preds in zip(units, predictions, strict=True):
