@@ -212,3 +212,15 @@ def test_a_recovered_job_writes_back_only_what_label_studio_lacks(ctx) -> None:
     assert _posted_tasks(ctx) == [71]
     assert ctx.results.pending() == []  # both settled
     assert not ctx.results.claim("1", current, 70)  # delivered: the claim stays taken
+
+
+def test_the_workers_score_map_follows_its_weights(ctx, engine) -> None:
+    from seggpt_backend.service.jobs.regions import DEMO_CALIBRATION, IDENTITY
+
+    assert ctx.settings.seggpt_weights == "demo" and ctx.options().score_calibration == DEMO_CALIBRATION
+    vitl = dataclasses.replace(ctx.settings, seggpt_weights="BAAI/seggpt-vit-large")
+    other = jobs.WorkerContext(vitl, ctx.kv, lambda: engine, client=None)
+    try:
+        assert other.options().score_calibration == IDENTITY
+    finally:
+        other.close()

@@ -13,6 +13,7 @@ from seggpt_backend.service.jobs.regions import (
     SCORE_SLOPE,
     RegionFilter,
     calibrated_score,
+    calibration_for,
     prediction_result,
     regions_for_label,
 )
@@ -98,6 +99,15 @@ def test_calibrated_score_maps_the_confident_band_onto_iou_units() -> None:
     assert scores == sorted(scores) and scores[0] == 0.0 and scores[-1] <= 1.0
     assert scores[4] - scores[2] > 0.15  # 0.90 vs 0.99: 0.09 apart raw, about twice that now
     assert calibrated_score(np.ones((4, 4), np.float32), np.zeros((4, 4), bool)) == 0.0
+
+
+def test_only_the_demo_weights_get_the_demo_fit() -> None:
+    """A fit belongs to its weights: ViT-L (or any other spec) keeps the raw mean soft value."""
+    mask = np.ones((4, 4), bool)
+    soft = np.full((4, 4), 0.95, np.float32)
+    assert calibrated_score(soft, mask, calibration_for("demo")) == pytest.approx(_cal(0.95), abs=1e-4)
+    for weights in ("BAAI/seggpt-vit-large", "random:tiny", "/models/seggpt_vit_large.pth"):
+        assert calibrated_score(soft, mask, calibration_for(weights)) == pytest.approx(0.95)
 
 
 def test_speck_filters_drop_small_and_low_score_regions() -> None:

@@ -40,6 +40,7 @@ from seggpt_backend.service.jobs.delivery import Delivery
 from seggpt_backend.service.jobs.materialize import Materializer
 from seggpt_backend.service.jobs.pipeline import Chunk, ChunkRunner, Options, ServedPrompt
 from seggpt_backend.service.jobs.prefetch import ImagePrefetcher
+from seggpt_backend.service.jobs.regions import calibration_for
 from seggpt_backend.service.jobs.tuning import Tuner, TuningPolicy, run_summary
 from seggpt_backend.service.store.connections import ConnectionStore
 from seggpt_backend.service.store.examples import ExampleStore, compose_model_version
@@ -207,6 +208,7 @@ class WorkerContext:
             threshold=p.threshold,
             min_region_area=p.min_region_area,
             min_score=p.min_score,
+            score_calibration=calibration_for(s.seggpt_weights),
         )
 
     def close(self) -> None:

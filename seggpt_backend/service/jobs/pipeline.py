@@ -25,7 +25,12 @@ from seggpt_backend.service.contract import JobTask, Prompt, Target, TaskResult
 from seggpt_backend.service.errors import ExampleError
 from seggpt_backend.service.jobs.materialize import Materialized, Materializer
 from seggpt_backend.service.jobs.refine import refine
-from seggpt_backend.service.jobs.regions import RegionFilter, prediction_result, regions_for_label
+from seggpt_backend.service.jobs.regions import (
+    DEMO_CALIBRATION,
+    RegionFilter,
+    prediction_result,
+    regions_for_label,
+)
 from seggpt_backend.service.jobs.selection import Candidate, describe, most_recent, select
 from seggpt_backend.service.jobs.zoom import ZoomSegmenter
 from seggpt_backend.service.store.examples import ExampleRecord
@@ -59,6 +64,7 @@ class Options:
     threshold: float = 0.5
     min_region_area: int = 0
     min_score: float = 0.0
+    score_calibration: tuple[float, float] = DEMO_CALIBRATION  # the weights' (see regions)
 
     def region_filter(self, *, interactive: bool) -> RegionFilter:
         return RegionFilter(
@@ -67,6 +73,7 @@ class Options:
             min_area=self.min_region_area,
             # An interactive answer is what the annotator asked for: never filtered away.
             min_score=0.0 if interactive else self.min_score,
+            calibration=self.score_calibration,
         )
 
 

@@ -58,33 +58,48 @@ def brush_region(
     }
 
 
-# Calibration of region scores (fitted by ``bench/calibration.py --fit`` on synthetic tasks of
-# seeds disjoint from its evaluation set, demo model): expected IoU ~ SLOPE * mean soft value
-# inside the region + INTERCEPT, clipped to [0, 1]. The raw mean sits at 0.90-0.99 whatever the
-# IoU; the map keeps its ranking (Spearman unchanged) and puts it in IoU units.
+# Calibration of region scores: expected IoU ~ slope * (mean soft value inside the region) +
+# intercept, clipped to [0, 1]. A fit belongs to one set of weights: DEMO_CALIBRATION was fitted by
+# ``bench/calibration.py --fit`` for the demo model (synthetic tasks, seeds disjoint from its
+# evaluation set), whose raw mean sits at 0.90-0.99 whatever the IoU; the map keeps the ranking
+# (Spearman unchanged) and puts the score in IoU units. Other weights keep the raw mean
+# (IDENTITY) until fitted: a demo fit would squash ViT-L's scores.
 SCORE_SLOPE = 1.8901
 SCORE_INTERCEPT = -1.4768
+DEMO_CALIBRATION = (SCORE_SLOPE, SCORE_INTERCEPT)
+IDENTITY = (1.0, 0.0)
+
+
+def calibration_for(weights: str) -> tuple[float, float]:
+    """The (slope, intercept) score map of a weights spec (``SEGGPT_WEIGHTS``)."""
+    return DEMO_CALIBRATION if weights == "demo" else IDENTITY
 
 
 @dataclass(frozen=True)
 class RegionFilter:
     """How masks become regions: ``split_components`` (one region per connected part),
     ``threshold`` on the soft map in (0, 1) (0.5: the engine's own mask), and the speck filters
-    ``min_area`` (pixels of the original image) and ``min_score`` (calibrated score, [0, 1])."""
+    ``min_area`` (pixels of the original image) and ``min_score`` (calibrated score, [0, 1]);
+    ``calibration``: the weights' (slope, intercept) score map (:func:`calibration_for`)."""
 
     split_components: bool = False
     threshold: float = 0.5
     min_area: int = 0
     min_score: float = 0.0
+    calibration: tuple[float, float] = DEMO_CALIBRATION
 
 
-def calibrated_score(soft: np.ndarray, mask: np.ndarray) -> float:
+def calibrated_score(
+    soft: np.ndarray, mask: np.ndarray, calibration: tuple[float, float] = DEMO_CALIBRATION
+) -> float:
     """Expected IoU of ``mask`` (``(H, W) bool``) with the true object, from the soft map
-    (``(H, W) float32`` in [0, 1]): see :data:`SCORE_SLOPE`. 0 for an empty mask."""
+    (``(H, W) float32`` in [0, 1]) and the weights' ``calibration`` (see
+    :data:`DEMO_CALIBRATION`). 0 for an empty mask."""
     if not mask.any():
         return 0.0
     raw = float(np.clip(soft[mask].mean(), 0.0, 1.0))
-    return float(np.clip(SCORE_SLOPE * raw + SCORE_INTERCEPT, 0.0, 1.0))
+    slope, intercept = calibration
+    return float(np.clip(slope * raw + intercept, 0.0, 1.0))
 
 
 def regions_for_label(
@@ -125,7 +140,7 @@ def regions_for_label(
     if kind == "polygon":  # a PolygonLabels control: one polygon per connected part
         polygons = polygon_regions(
             final,
-            lambda part: calibrated_score(soft, part),
+            lambda part: calibrated_score(soft, part, f.calibration),
             task_id=task_id,
             label=label,
             from_name=from_name,
@@ -136,7 +151,7 @@ def regions_for_label(
     parts = masks.split(final) if f.split_components else [final]
     out: list[dict[str, Any]] = []
     for i, part in enumerate(parts):
-        score = calibrated_score(soft, part)
+        score = calibrated_score(soft, part, f.calibration)
         if int(part.sum()) < f.min_area or score < f.min_score:
             continue  # a speck
         out.append(
