@@ -161,3 +161,30 @@ def test_the_setting_and_the_extra_params_key_validate() -> None:
 
     with pytest.raises(OptionsError, match="refresh_on_new_prompts"):
         ProjectOptions.from_extra_params({"refresh_on_new_prompts": "maybe"}, defaults=ProjectOptions())
+
+
+def test_embedded_mode_queues_the_refresh_on_the_in_process_queue(engine) -> None:  # noqa: F811
+    from seggpt_backend.service.store.kv import MemoryKV
+    from seggpt_backend.service.store.queue import InProcessJobQueue
+
+    images = ImageServer()
+    _serve_project(images, [_task(401), _task(402, annotations=[{"id": 1}])])
+    settings = Settings.from_env(
+        {"LABEL_STUDIO_URL": images.url, "LABEL_STUDIO_API_KEY": "test-token", "SEGGPT_AUTO_REFRESH": "true"}
+    )
+    ran: list[Any] = []
+    ctx = jobs.WorkerContext(settings, MemoryKV(), lambda: engine, client=jobs.make_client(settings))
+    assert ctx.job_queue() is None  # no Redis and no queue set: nothing to enqueue onto
+    queue = InProcessJobQueue(ran.append)
+    ctx.queue = queue
+    try:
+        out = jobs.after_promotion(ctx, "1", trigger="tuning")
+        assert out is not None and out["refreshed"] is True and out["queued"] == 1
+        from tests.service_support import wait_for
+
+        (job,) = wait_for(lambda: ran, timeout=10)
+        assert isinstance(job, PredictJob) and job.task_ids == [401] and job.writeback == "always"
+    finally:
+        queue.close()
+        ctx.close()
+        images.close()
