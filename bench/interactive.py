@@ -8,7 +8,8 @@ part of the latency is bounded by one batch job (``SEGGPT_CHUNK_SIZE`` tasks). W
 ``--dedicated``, a second worker listens only to ``interactive``.
 
 ``--concurrency 10 50``: for each level, a fresh batch is started and N simulated annotators
-click concurrently while it runs, each sending ``--clicks`` interactive requests with
+click concurrently while it runs, each sending ``--clicks`` interactive requests (each on a new
+task, or with ``--same-task`` all on one task, as an annotator refining it does) with
 ``--think-s`` seconds between its answer and its next click (an annotator looks at the result).
 
 Model: ``--weights`` (default ``demo``, what the issue's targets use; ``random:tiny`` shows the
@@ -67,7 +68,9 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def _interactive(client: httpx.Client, i: int) -> float:
+def _interactive(client: httpx.Client, i: int, task: int | None = None) -> float:
+    """One smart-tool request: a positive keypoint (its x moves with ``i``) on task ``task``
+    (default: a task of its own, ``10_000 + i``, so nothing of it is cached yet)."""
     ctx = {
         "result": [
             {
@@ -78,7 +81,8 @@ def _interactive(client: httpx.Client, i: int) -> float:
             }
         ]
     }
-    body = predict_body(1, [(10_000 + i, f"/data/upload/1/q{i % 50}.png")], context=ctx)
+    tid = 10_000 + i if task is None else task
+    body = predict_body(1, [(tid, f"/data/upload/1/q{tid % 50}.png")], context=ctx)
     started = time.perf_counter()
     r = client.post("/predict", json=body, timeout=120)
     elapsed = time.perf_counter() - started
@@ -103,7 +107,10 @@ def _concurrent(client: httpx.Client, args: argparse.Namespace, annotators: int,
 
     def annotator(a: int) -> None:
         for c in range(args.clicks):
-            took = _interactive(client, first_task + 50_000 + a * args.clicks + c)
+            i = first_task + 50_000 + a * args.clicks + c
+            # --same-task: an annotator refines one task with all its clicks (the first pays the
+            # forward pass, later ones can be answered from the task cache).
+            took = _interactive(client, i, task=first_task + 50_000 + a if args.same_task else None)
             with lock:
                 latencies.append(took)
             time.sleep(args.think_s)
@@ -303,6 +310,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="*", default=[], help="annotators clicking at once")
     parser.add_argument("--clicks", type=int, default=5, help="interactive requests per annotator")
     parser.add_argument(
+        "--same-task", action="store_true", help="each annotator sends all its clicks on one task"
+    )
+    parser.add_argument(
         "--think-s", type=float, default=1.0, help="pause between an answer and the next click"
     )
     args = parser.parse_args()
@@ -311,7 +321,8 @@ def main() -> None:
         "shared worker + dedicated interactive worker" if args.dedicated else "one worker (interactive,batch)"
     )
     lines = [
-        f"### {mode}, weights `{args.weights}`, chunk size {args.chunk_size}, {args.batch_tasks}-task batch",
+        f"### {mode}, weights `{args.weights}`, chunk size {args.chunk_size}, {args.batch_tasks}-task batch"
+        + (", each annotator's clicks on one task" if args.same_task else ""),
         "",
         "| interactive requests | n | p50 ms | p99 ms | max ms |",
         "|---|---|---|---|---|",
