@@ -49,6 +49,7 @@ MINIMUM: dict[str, float] = {
     "tune_budget_s": 1,
     "tune_margin": -1,
     "tune_every": 0,
+    "refresh_interval_s": 0,
     "prompt_versions_kept": 1,
     "polygon_tolerance": 0,
     "min_region_area": 0,
@@ -116,6 +117,11 @@ class Settings:
     worker_heartbeat_s: float = field(default=15.0, metadata={"env": "SEGGPT_WORKER_HEARTBEAT_S"})
     # Pre-label tasks as they are imported (TASKS_CREATED webhook), written back in the background.
     auto_prelabel: bool = field(default=False, metadata={"env": "SEGGPT_AUTO_PRELABEL"})
+    # Re-pre-label the unlabelled tasks when a tuning run promotes a learned prompt (or Start
+    # Training's re-sync changes the examples); never per accepted annotation (service/jobs/refresh.py).
+    auto_refresh: bool = field(default=False, metadata={"env": "SEGGPT_AUTO_REFRESH"})
+    # At most one automatic refresh per project per this many seconds (0: no debounce).
+    refresh_interval_s: float = field(default=600.0, metadata={"env": "SEGGPT_REFRESH_INTERVAL_S"})
 
     # Learning from corrections (in-context tuning, see service/jobs/tuning.py)
     tune_steps: int = field(default=60, metadata={"env": "SEGGPT_TUNE_STEPS"})

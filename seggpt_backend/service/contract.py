@@ -48,6 +48,7 @@ CONTRACT_VERSION = 1
 # ``min_score``       float [0, 1]  drop regions scoring less (``SEGGPT_MIN_SCORE``)
 # ``auto_prelabel``   bool          pre-label imported tasks (``SEGGPT_AUTO_PRELABEL``)
 # ``tune_every``      int >= 0      tune after N accepted annotations, 0 never (``SEGGPT_TUNE_EVERY``)
+# ``refresh_on_new_prompts``  bool  re-pre-label unlabelled tasks on a new prompt set (``SEGGPT_AUTO_REFRESH``)
 # ==================  ============  ===================================================
 #
 # Options that change predictions are tagged into the model version (``.p-<digest>``) so a project
@@ -64,6 +65,7 @@ OPTION_KEYS: dict[str, str] = {
     "min_score": "min_score",
     "auto_prelabel": "auto_prelabel",
     "tune_every": "tune_every",
+    "refresh_on_new_prompts": "refresh_on_new_prompts",
 }
 OPTION_CHOICES: dict[str, tuple[str, ...]] = {
     "ensemble": ("feature", "spatial", "none"),
@@ -98,6 +100,7 @@ class ProjectOptions:
     min_score: float = 0.0
     auto_prelabel: bool = False
     tune_every: int = 0
+    refresh_on_new_prompts: bool = False
     overridden: tuple[str, ...] = ()
 
     @classmethod
@@ -114,6 +117,7 @@ class ProjectOptions:
             min_score=settings.min_score,
             auto_prelabel=settings.auto_prelabel,
             tune_every=settings.tune_every,
+            refresh_on_new_prompts=settings.auto_refresh,
         )
 
     @classmethod
@@ -179,7 +183,7 @@ def _parse(name: str, raw: Any, *, key: str, project: str) -> Any:
         if not isinstance(raw, str) or raw not in OPTION_CHOICES[name]:
             raise bad(f"use one of {', '.join(OPTION_CHOICES[name])}")
         return raw
-    if name in ("split_components", "auto_prelabel"):
+    if name in ("split_components", "auto_prelabel", "refresh_on_new_prompts"):
         if isinstance(raw, bool):
             return raw
         if isinstance(raw, str) and raw.strip().lower() in (

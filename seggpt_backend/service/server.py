@@ -45,6 +45,7 @@ def make_runtime(settings: Settings) -> Runtime:
         return jobs.execute_sync(ctx, job)
 
     queue = InProcessJobQueue(run, start=lambda: ctx.engine)
+    ctx.queue = queue  # follow-up jobs (the refresh after a promotion) run here too
     return Runtime(settings, kv, queue, worker_context=ctx)
 
 

@@ -8,49 +8,35 @@ writes every prediction back through the Label Studio API under the delivery cla
 (:mod:`seggpt_backend.service.jobs.delivery`): one prediction per task and model version, however
 often a task is queued. Annotations are never read for writing, nor touched.
 
-Task selection (``only``), always leaving out tasks that hold a prediction of the current
-model version (so a rerun resumes where the last one stopped):
-
-- ``unlabeled`` (default): tasks with no annotation that is not cancelled;
-- ``missing``: unlabelled tasks holding no prediction of this backend at all (older versions
-  are left as they are);
-- ``all``: every task, labelled ones too.
+Task selection (``only``: unlabeled, missing, all) and the chunk job ids are shared with the
+workers' refresh: :mod:`seggpt_backend.service.store.prelabel`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from seggpt_backend.service.contract import Target
 from seggpt_backend.service.errors import RequestError
 from seggpt_backend.service.http.predict import predict_job
-from seggpt_backend.service.http.protocol import Task, existing_prediction, own_predictions
+from seggpt_backend.service.http.protocol import Task
 from seggpt_backend.service.http.runtime import Runtime
+from seggpt_backend.service.store.prelabel import ONLY, Only, Selection, is_labelled, job_id, select_tasks
 
-Only = Literal["unlabeled", "missing", "all"]
-ONLY: tuple[str, ...] = ("unlabeled", "missing", "all")
-
-
-@dataclass
-class Selection:
-    """The outcome of :func:`select_tasks`: ``chosen`` tasks in Label Studio's order and how
-    many were left out and why (``have_prediction``: of the current version; ``labelled``;
-    ``other_version``: ``missing`` leaves tasks with an older prediction; ``over_limit``)."""
-
-    chosen: list[Task] = field(default_factory=list)
-    total: int = 0
-    have_prediction: int = 0
-    labelled: int = 0
-    other_version: int = 0
-    over_limit: int = 0
-
-
-def is_labelled(task: Task) -> bool:
-    return any(isinstance(a, Mapping) and not a.get("was_cancelled") for a in task.annotations)
+__all__ = [
+    "ONLY",
+    "Only",
+    "Queued",
+    "Selection",
+    "is_labelled",
+    "job_id",
+    "queue_tasks",
+    "select_tasks",
+    "to_task",
+]
 
 
 def to_task(raw: Mapping[str, Any], project: str) -> Task:
@@ -59,28 +45,6 @@ def to_task(raw: Mapping[str, Any], project: str) -> Task:
         return Task.model_validate(dict(raw))
     except Exception as exc:  # pydantic's ValidationError, kept out of the message's head
         raise RequestError(f"project {project}: task {raw.get('id')!r} is malformed: {exc}") from exc
-
-
-def select_tasks(
-    tasks: Iterable[Task], model_version: str, *, only: Only = "unlabeled", limit: int | None = None
-) -> Selection:
-    """Which tasks to pre-label (see the module docstring); ``limit``: at most that many chosen."""
-    if only not in ONLY:
-        raise ValueError(f"only must be one of {', '.join(ONLY)}, got {only!r}")
-    out = Selection()
-    for task in tasks:
-        out.total += 1
-        if existing_prediction(task, model_version) is not None:
-            out.have_prediction += 1
-        elif only != "all" and is_labelled(task):
-            out.labelled += 1
-        elif only == "missing" and own_predictions(task):
-            out.other_version += 1
-        elif limit is not None and len(out.chosen) >= limit:
-            out.over_limit += 1
-        else:
-            out.chosen.append(task)
-    return out
 
 
 @dataclass(frozen=True)
@@ -96,12 +60,6 @@ class Queued:
     @property
     def task_ids(self) -> list[int]:
         return [t for ids in self.jobs.values() for t in ids]
-
-
-def job_id(prefix: str, project: str, version: str, task_ids: Sequence[int]) -> str:
-    """Deterministic per chunk: queuing the same chunk again reuses the live job."""
-    body = f"{prefix}|prelabel|{project}|{version}|{','.join(str(t) for t in sorted(task_ids))}"
-    return "seggpt-prelabel-" + hashlib.sha1(body.encode()).hexdigest()[:24]
 
 
 def queue_tasks(

@@ -13,11 +13,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from seggpt_backend.service.contract import Superseded, Target
+from seggpt_backend.service.contract import Target
 from seggpt_backend.service.errors import RequestError
-from seggpt_backend.service.store.examples import is_own_version
+from seggpt_backend.service.store.prelabel import own_predictions
 
 log = logging.getLogger(__name__)
+
+__all__ = ["own_predictions"]  # shared with the workers (store/prelabel.py); imported from here too
 
 
 class _Open(BaseModel):
@@ -93,23 +95,6 @@ def task_images(task: Task, targets: list[Target]) -> dict[str, str]:
         if isinstance(value, str) and value:
             out[t.data_key] = value
     return out
-
-
-def own_predictions(task: Task) -> Superseded:
-    """``(id, model version)`` of the predictions this backend made that the task holds."""
-    out: list[tuple[int, str]] = []
-    for p in task.predictions:
-        if not isinstance(p, dict):
-            continue
-        pid, version = p.get("id"), p.get("model_version")
-        if (
-            isinstance(pid, int)
-            and not isinstance(pid, bool)
-            and isinstance(version, str)
-            and is_own_version(version)
-        ):
-            out.append((pid, version))
-    return tuple(out)
 
 
 def existing_prediction(task: Task, model_version: str) -> dict[str, Any] | None:

@@ -13,7 +13,9 @@ annotation's RLE and image URL) or enqueues a job:
 - ``ANNOTATIONS_DELETED``: those examples are removed (with their cached pixels).
 - ``START_TRAINING`` ("Start Training" button): the project's examples are re-synced from the
   Label Studio API, and a tuning run is requested: learned prompts are tuned from the accepted
-  annotations and promoted only if they beat what is served (:mod:`seggpt_backend.service.jobs.tuning`).
+  annotations and promoted only if they beat what is served (:mod:`seggpt_backend.service.jobs.tuning`);
+  with ``SEGGPT_AUTO_REFRESH`` a promotion then re-pre-labels the unlabelled tasks
+  (:mod:`seggpt_backend.service.jobs.refresh`; an accepted annotation alone never does).
 - ``TASKS_CREATED`` (an import): with ``SEGGPT_AUTO_PRELABEL`` on, the new unlabelled tasks are
   queued for background pre-labelling (:mod:`.prelabel`: written back through the API, one
   prediction per task and version, progress at ``GET /projects/{id}/progress``); off: ignored.

@@ -34,7 +34,7 @@ from seggpt_backend.service.contract import (
     TaskResult,
     TuneJob,
 )
-from seggpt_backend.service.jobs import quality, sync
+from seggpt_backend.service.jobs import quality, refresh, sync
 from seggpt_backend.service.jobs.clients import ClientRouter, working_on
 from seggpt_backend.service.jobs.delivery import Delivery
 from seggpt_backend.service.jobs.materialize import Materializer
@@ -44,11 +44,12 @@ from seggpt_backend.service.jobs.regions import calibration_for
 from seggpt_backend.service.jobs.tuning import Tuner, TuningPolicy, run_summary
 from seggpt_backend.service.store.connections import ConnectionStore
 from seggpt_backend.service.store.examples import ExampleStore, compose_model_version
-from seggpt_backend.service.store.kv import KV
+from seggpt_backend.service.store.kv import KV, RedisKV
 from seggpt_backend.service.store.metrics import Metrics
 from seggpt_backend.service.store.progress import ProgressStore
 from seggpt_backend.service.store.prompts import PromptStore, TuneRun
 from seggpt_backend.service.store.quality import QualityStore
+from seggpt_backend.service.store.queue import JobQueue, RQJobQueue
 from seggpt_backend.service.store.results import ResultStore
 from seggpt_backend.service.store.taskcache import TaskCache
 from seggpt_backend.settings import Settings
@@ -66,6 +67,9 @@ class WorkerContext:
     kv: KV
     engine_loader: Callable[[], Engine]
     client: Any = None  # the configured LabelStudioClient, or None without LABEL_STUDIO_URL
+    # Where jobs enqueue follow-up jobs (the refresh after a promotion): embedded mode sets the
+    # in-process queue; on Redis it is built on first use (:meth:`job_queue`).
+    queue: JobQueue | None = None
     clients: ClientRouter = field(init=False)  # per project: configured, else from /setup
     examples: ExampleStore = field(init=False)
     results: ResultStore = field(init=False)
@@ -109,6 +113,15 @@ class WorkerContext:
                 "cannot download task images"
             )
         return client.fetch_image_bytes(url, task_id)
+
+    def job_queue(self) -> JobQueue | None:
+        """The queue follow-up jobs go to: the one set, else RQ on this worker's Redis (None on
+        another KV without a queue set)."""
+        if self.queue is None and isinstance(self.kv, RedisKV):
+            self.queue = RQJobQueue(
+                self.kv.client, self.settings.key_prefix, job_timeout_s=self.settings.job_timeout_s
+            )
+        return self.queue
 
     @property
     def engine(self) -> Engine:
@@ -355,9 +368,25 @@ def execute_tune(ctx: WorkerContext, job: TuneJob) -> TuneRun:
                 policy=ctx.tuning_policy(),
                 served=ctx.served_prompts,
             )
-            return tuner.run(job, ctx.examples.records(job.project))
+            run = tuner.run(job, ctx.examples.records(job.project))
     finally:
         ctx.kv.delete(lock)
+    if run.promoted:
+        after_promotion(ctx, job.project, trigger="tuning")
+    return run
+
+
+def after_promotion(ctx: WorkerContext, project: str, *, trigger: str) -> dict[str, Any] | None:
+    """A new prompt set is served: refresh the unlabelled tasks if the project asks for it
+    (:mod:`.refresh`). Best effort: the run is recorded already, so a Label Studio failure here
+    is logged, not raised (``seggpt-backend prelabel`` does the same work by hand)."""
+    try:
+        with working_on(project):
+            return refresh.refresh_project(ctx, project, trigger=trigger)
+    except Exception as exc:
+        log.warning("project %s: refresh after %s not queued: %s", project, trigger, exc)
+        ctx.metrics.inc("seggpt_refresh_total", trigger=trigger, outcome="failed")
+        return None
 
 
 def ensure_examples(ctx: WorkerContext, project: str, *, force: bool = False) -> None:
