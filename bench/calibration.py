@@ -23,15 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import cpu_name
+from quality import FAMILY, build_set
 
-from seggpt_backend.demo.eval_tasks import make_eval_task
-from seggpt_backend.demo.synthetic import Task, heldout_seed, make_task
+from seggpt_backend.demo.synthetic import Task
 from seggpt_backend.engine.engine import load_engine
 from seggpt_backend.engine.interface import Example, SegmentRequest
 from seggpt_backend.service.jobs.regions import calibrated_score
 
 RESULTS = Path(__file__).with_name("results_calibration.md")
-SIZES: tuple[tuple[int, int], ...] = ((128, 128), (192, 192), (144, 192), (192, 144))
 SETS = ("semantic", "instance", "part", "ood-semantic", "ood-instance", "family")
 # Seed offsets: evaluation uses 610_000 + 10_000 * set index (disjoint from bench/quality.py's
 # ranges, < 600_000), fitting 710_000 + ...; both below training's and tests' seeds.
@@ -40,27 +39,8 @@ KS = (1, 2, 4)
 
 
 def build(name: str, index: int, n: int, offset: int) -> list[Task]:
-    base = offset + 10_000 * index
-    if name == "family":
-        return [make_eval_task(base + i, shots=max(KS)) for i in range(n)]
-    kind = name.removeprefix("ood-")
-    tasks = []
-    for i in range(n):
-        seed = heldout_seed(base + i)
-        rng = np.random.default_rng(seed)
-        prompt_size, query_size = (SIZES[j] for j in rng.integers(len(SIZES), size=2))
-        tasks.append(
-            make_task(
-                seed,
-                split="heldout",
-                kind=kind,  # type: ignore[arg-type]
-                size=prompt_size,
-                query_size=query_size,
-                shots=max(KS),
-                ood=name.startswith("ood-"),
-            )
-        )
-    return tasks
+    """The ``index``-th set's tasks, at seed indices ``offset + 10_000 * index`` onwards."""
+    return build_set(FAMILY if name == "family" else name, n, first=offset + 10_000 * index, shots=max(KS))
 
 
 def measure(engine: object, n: int, offset: int) -> np.ndarray:

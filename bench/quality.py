@@ -1,7 +1,7 @@
 """Benchmark: segmentation quality of a SegGPT engine on held-out procedural in-context tasks.
 
 Everything goes through the engine's public API (``load_engine``, ``segment``, ``prepare_prompts``,
-``predict_masks``, ``tune_prompt``), so the same script measures the demo model and the real
+``predict_masks``, ``tune``), so the same script measures the demo model and the real
 ViT-L weights: ``.venv/bin/python bench/quality.py --weights SPEC``.
 
 Tasks come from :mod:`seggpt_backend.demo.synthetic` with held-out seeds only
@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -39,11 +37,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import cpu_name
 
 from seggpt_backend.demo.eval_tasks import make_eval_task
 from seggpt_backend.demo.synthetic import Task, TaskKind, heldout_seed, make_task
 from seggpt_backend.engine.engine import SegGptEngine, load_engine
-from seggpt_backend.engine.interface import Example, SegmentRequest
+from seggpt_backend.engine.interface import Example, SegmentRequest, TuneOptions
 from seggpt_backend.service.jobs.selection import describe
 
 RESULTS = Path(__file__).with_name("results_quality.md")
@@ -59,14 +58,16 @@ TARGETS = {"one_shot": 0.55, "over_colour": 0.25, "feature4_gain": 0.03, "tuned_
 TARGETS |= {"palette_gap": 0.10, "family": 0.50}
 
 
-def build_set(name: str, n: int) -> list[Task]:
-    """``n`` held-out tasks of set ``name`` with :data:`POOL` prompts each (deterministic)."""
+def build_set(name: str, n: int, *, first: int | None = None, shots: int = POOL) -> list[Task]:
+    """``n`` held-out tasks of set ``name`` with ``shots`` prompts each (deterministic): task
+    indices ``first .. first + n - 1`` (default: the set's own range, :data:`SET_OFFSETS`)."""
     if name == FAMILY:
-        return [make_eval_task(i, shots=POOL) for i in range(n)]
+        return [make_eval_task((first or 0) + i, shots=shots) for i in range(n)]
     kind: TaskKind = name.removeprefix("ood-")  # type: ignore[assignment]
+    base = SET_OFFSETS[name] if first is None else first
     tasks = []
     for i in range(n):
-        seed = heldout_seed(SET_OFFSETS[name] + i)
+        seed = heldout_seed(base + i)
         rng = np.random.default_rng(seed)
         prompt_size, query_size = (SIZES[j] for j in rng.integers(len(SIZES), size=2))
         tasks.append(
@@ -76,7 +77,7 @@ def build_set(name: str, n: int) -> list[Task]:
                 kind=kind,
                 size=prompt_size,
                 query_size=query_size,
-                shots=POOL,
+                shots=shots,
                 ood=name.startswith("ood-"),
             )
         )
@@ -215,22 +216,22 @@ def tuned_vs_one_shot(
         by_class[t.labels[0]].append(t)
     one, tuned = IoUMeter(), IoUMeter()
     spent = 0.0
+    options = TuneOptions(steps=steps, lr=lr, fg_balance=balance)
     for label, group in sorted(by_class.items()):
         first = group[0]
-        init_img, init_mask = first.prompt_images[0], first.prompt_masks[0][0]
-        train_pairs = [(first.prompt_images[j], first.prompt_masks[j][0]) for j in range(pairs)]
+        examples = [
+            Example(f"{first.seed}:{j}", first.prompt_images[j], {label: first.prompt_masks[j][0]})
+            for j in range(pairs)
+        ]
         t0 = time.perf_counter()
-        prompt, _ = engine.tune_prompt(
-            init_img, init_mask, train_pairs, steps=steps, lr=lr, seg_type="semantic", fg_balance=balance
-        )
+        prompt = engine.tune(examples[0], label, examples, options=options, seg_type="semantic").prompt
         spent += time.perf_counter() - t0
-        plain = engine.prepare_prompts([init_img], [init_mask], ensemble="none")
-        queries = [t.query_image for t in group]
-        for meter, prompts in ((one, plain), (tuned, prompt)):
-            for t, pred in zip(
-                group, engine.predict_masks(queries, prompts, seg_type="semantic"), strict=True
-            ):
-                meter.add(label, pred.mask, t.query_mask[0])
+        plain = [SegmentRequest(t.query_image, {label: examples[:1]}) for t in group]
+        learned = [SegmentRequest(t.query_image, {label: []}, learned={label: prompt}) for t in group]
+        for meter, requests in ((one, plain), (tuned, learned)):
+            results = engine.segment(requests, ensemble="none", seg_type="semantic")
+            for t, res in zip(group, results, strict=True):
+                meter.add(label, res[label].mask, t.query_mask[0])
     return one.miou(), tuned.miou(), len(by_class), spent
 
 
@@ -259,15 +260,7 @@ def palette_vs_per_label(engine: SegGptEngine, tasks: list[Task]) -> dict[str, t
 def _device(engine: SegGptEngine) -> str:
     if engine.device.type == "cuda":
         return torch.cuda.get_device_name(engine.device)
-    name = platform.processor() or "CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads"
+    return f"{cpu_name()}, {torch.get_num_threads()} torch threads"
 
 
 def report(

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from seggpt_backend.engine.engine import PromptSet, SegGptEngine, load_engine
-from seggpt_backend.engine.interface import Engine, Example, SegmentRequest
+from seggpt_backend.engine.engine import SegGptEngine, load_engine
+from seggpt_backend.engine.interface import Engine, Example, SegmentRequest, TuneOptions
 
 
 @pytest.fixture(scope="module")
@@ -136,12 +136,22 @@ def test_prepared_prompts_are_reused_for_many_queries(engine: SegGptEngine) -> N
 
 def test_prompt_tuning_lowers_the_loss_and_freezes_the_model(engine: SegGptEngine) -> None:
     before = {k: v.clone() for k, v in engine.model.state_dict().items()}
-    pairs = [(_example(i).image, _example(i).masks["Cat"]) for i in range(4)]
-    prompt, losses = engine.tune_prompt(pairs[0][0], pairs[0][1], pairs, steps=30, lr=0.1, batch_size=4)
-    assert isinstance(prompt, PromptSet) and prompt.k == 1
+    pairs = [_example(i) for i in range(4)]
+    outcome = engine.tune(pairs[0], "Cat", pairs, options=TuneOptions(steps=30, lr=0.1, batch_size=4))
+    losses = outcome.losses
+    assert outcome.prompt.image.shape == outcome.prompt.target.shape == (3, *engine.half_size)
     assert np.mean(losses[-5:]) < 0.95 * np.mean(losses[:5])
     for name, tensor in engine.model.state_dict().items():
         assert torch.equal(tensor, before[name]), name
     assert not any(p.requires_grad for p in engine.model.parameters())
-    joined = prompt + engine.prepare_prompts([pairs[1][0]], [pairs[1][1]])
-    assert joined.k == 2 and len(engine.paint([pairs[2][0]], joined)) == 1
+    # the learned prompt joins the label's examples as one more member of the feature ensemble
+    query = _image(40, 60, 9)
+    alone, joined = engine.segment(
+        [
+            SegmentRequest(query, {"Cat": []}, learned={"Cat": outcome.prompt}),
+            SegmentRequest(query, {"Cat": [pairs[1]]}, learned={"Cat": outcome.prompt}),
+        ],
+        ensemble="feature",
+    )
+    assert alone["Cat"].mask.shape == joined["Cat"].mask.shape == (40, 60)
+    assert not np.array_equal(alone["Cat"].soft, joined["Cat"].soft)

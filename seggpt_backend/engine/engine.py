@@ -156,42 +156,6 @@ class SegGptEngine:
             torch.stack([P.preprocess_target(m, self.half_size) for m in rgb]),
         )
 
-    def tune_prompt(
-        self,
-        init_image: np.ndarray,
-        init_mask: np.ndarray,
-        pairs: Sequence[tuple[np.ndarray, np.ndarray]],
-        *,
-        steps: int = 100,
-        lr: float = 0.01,
-        batch_size: int = 4,
-        seg_type: SegType = "instance",
-        checkpointing: bool = False,
-        fg_balance: float = 0.0,
-    ) -> tuple[PromptSet, list[float]]:
-        """In-context tuning: a learned prompt (k = 1), initialised from ``init_image`` and
-        ``init_mask``, fitted to ``pairs`` of (image, mask) with the weights frozen. Returns the
-        prompt and the loss per step. ``fg_balance``: foreground/background loss balance in
-        [0, 1]; 0 is the authors' loss, the demo model was trained with 0.25."""
-        init = self.prepare_prompts([init_image], [init_mask], ensemble="none")
-        prepared = [self.prepare_prompts([img], [msk], ensemble="none") for img, msk in pairs]
-        tuned = tune_prompt(
-            self.model,
-            init.images[0],
-            init.targets[0],
-            torch.cat([p.images for p in prepared]),
-            torch.cat([p.targets for p in prepared]),
-            steps=steps,
-            lr=lr,
-            batch_size=batch_size,
-            seg_type=seg_type,
-            autocast_dtype=self.autocast,
-            checkpointing=checkpointing,
-            fg_balance=fg_balance,
-            background=P.normalize(np.zeros((1, 1, 3), np.uint8)).view(3),
-        )
-        return PromptSet(tuned.image[None], tuned.target[None]), tuned.losses
-
     def tune(
         self,
         init: Example,
