@@ -16,6 +16,7 @@ from seggpt_backend.service.jobs.pipeline import Chunk
 from seggpt_backend.service.jobs.tuning import Score, split
 from seggpt_backend.service.store.examples import record_from_annotation
 from seggpt_backend.service.store.kv import RedisKV
+from seggpt_backend.service.store.project_options import ProjectOptionsStore
 from seggpt_backend.settings import Settings
 from tests.fixtures import scene
 from tests.service_support import (
@@ -137,6 +138,16 @@ def test_a_promoted_prompt_is_served_and_named_in_the_model_version(world) -> No
     text = ctx.metrics.render()
     assert 'seggpt_tune_runs_total{status="promoted"} 1' in text
     assert "seggpt_prompt_promotions_total 2" in text
+
+
+def test_a_run_measures_the_projects_own_k_and_ensemble(world) -> None:
+    make, _ = world
+    ctx = make()
+    default = jobs.execute_tune(ctx, TuneJob(project="1", trigger="cli"))
+    ProjectOptionsStore(ctx.kv).put("1", {"k": 1, "ensemble": "none"})
+    own = jobs.execute_tune(ctx, TuneJob(project="1", trigger="cli"))
+    assert (default.settings["num_examples"], default.settings["ensemble"]) == (4, "feature")
+    assert (own.settings["num_examples"], own.settings["ensemble"]) == (1, "none")
 
 
 def test_a_run_that_does_not_beat_what_is_served_is_recorded_not_promoted(world) -> None:

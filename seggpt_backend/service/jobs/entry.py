@@ -47,6 +47,7 @@ from seggpt_backend.service.store.examples import ExampleStore, compose_model_ve
 from seggpt_backend.service.store.kv import KV, RedisKV
 from seggpt_backend.service.store.metrics import Metrics
 from seggpt_backend.service.store.progress import ProgressStore
+from seggpt_backend.service.store.project_options import ProjectOptionsStore
 from seggpt_backend.service.store.prompts import PromptStore, TuneRun
 from seggpt_backend.service.store.quality import QualityStore
 from seggpt_backend.service.store.queue import JobQueue, RQJobQueue
@@ -186,7 +187,13 @@ class WorkerContext:
             out[label] = ServedPrompt(prompt, meta.mode, meta.version)
         return out
 
-    def tuning_policy(self) -> TuningPolicy:
+    def project_options(self, project: str) -> ProjectOptions:
+        """``project``'s options: its stored Extra params over the environment's defaults."""
+        return ProjectOptionsStore(self.kv).get(project, ProjectOptions.defaults(self.settings))
+
+    def tuning_policy(self, project: ProjectOptions) -> TuningPolicy:
+        """The tuning knobs (settings) and the project's way of serving examples (``k``,
+        ensemble), so that the promotion gate measures what the project is served."""
         s = self.settings
         balance = s.tune_fg_balance
         if balance < 0:  # the weights' own training balance: the demo model used 0.25
@@ -200,8 +207,8 @@ class WorkerContext:
                 fg_balance=balance,
             ),
             margin=s.tune_margin,
-            num_examples=s.num_examples,
-            ensemble=s.ensemble,
+            num_examples=project.num_examples,
+            ensemble=project.ensemble,
             seg_type=s.seg_type,
         )
 
@@ -365,7 +372,7 @@ def execute_tune(ctx: WorkerContext, job: TuneJob) -> TuneRun:
                 materializer=ctx.materializer,
                 prompts=ctx.prompts,
                 metrics=ctx.metrics,
-                policy=ctx.tuning_policy(),
+                policy=ctx.tuning_policy(ctx.project_options(job.project)),
                 served=ctx.served_prompts,
             )
             run = tuner.run(job, ctx.examples.records(job.project))

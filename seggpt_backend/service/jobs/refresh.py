@@ -31,7 +31,6 @@ from typing import Any
 from seggpt_backend.service.contract import JobTask, PredictJob, ProjectOptions, Target, parse_targets
 from seggpt_backend.service.errors import ConfigUnsupported
 from seggpt_backend.service.store.prelabel import ApiTask, RefreshGate, job_id, own_predictions, select_tasks
-from seggpt_backend.service.store.project_options import ProjectOptionsStore
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ def refresh_project(ctx: Any, project: str, *, trigger: str) -> dict[str, Any]:
     Raises on a Label Studio failure (the caller logs it; the debounce window is released).
     """
     out: dict[str, Any] = {"project": project, "trigger": trigger, "refreshed": False}
-    options = ProjectOptionsStore(ctx.kv).get(project, ProjectOptions.defaults(ctx.settings))
+    options = ctx.project_options(project)
     if not options.refresh_on_new_prompts:
         return {**out, "reason": "refresh is off (SEGGPT_AUTO_REFRESH, Extra params refresh_on_new_prompts)"}
     client = ctx.clients.for_project(project)

@@ -157,6 +157,7 @@ class Tuner:
                 "fg_balance": self.policy.options.fg_balance,
                 "margin": self.policy.margin,
                 "num_examples": self.policy.num_examples,
+                "ensemble": self.policy.ensemble,
             },
         )
         self.prompts.save_run(run)
