@@ -44,10 +44,10 @@ import numpy as np
 import pytest
 
 from seggpt_backend.labelstudio import rle
+from tests.e2e_support import Backend, iou, logs_on_failure, running_backend
 from tests.fixtures import scene, write_png
 from tests.labelstudio_server import LabelStudio, label_studio  # noqa: F401  (session fixture)
 from tests.service_support import brush_result
-from tests.test_e2e import Backend, iou, logs_on_failure, running_backend
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

@@ -11,9 +11,9 @@ import pytest
 
 from seggpt_backend.service.contract import ProjectOptions
 from seggpt_backend.settings import Settings
+from tests.e2e_support import build_pictures, check_prediction, logs_on_failure, running_backend
 from tests.labelstudio_server import LabelStudio, label_studio  # noqa: F401
 from tests.service_support import LABEL_CONFIG, brush_result, wait_for
-from tests.test_e2e import build_pictures, check_prediction, logs_on_failure, running_backend
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

@@ -28,10 +28,10 @@ from pycocotools.coco import COCO
 
 from seggpt_backend.labelstudio import rle
 from seggpt_backend.settings import Settings
+from tests.e2e_support import REPO, cli, command, logs_on_failure, running_backend, weights_spec
 from tests.fixtures import scene, write_png
 from tests.labelstudio_server import LabelStudio, label_studio  # noqa: F401
 from tests.service_support import LABEL_CONFIG, brush_result, wait_for
-from tests.test_e2e import REPO, _command, logs_on_failure, running_backend, weights_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -42,12 +42,6 @@ def _pictures(tmp: Path, n: int, seed: int = 100) -> list[tuple[Path, dict[str, 
         pixels, masks = scene(64, 80, seed=seed + i, shapes={"Cat": 1, "Dog": 1})
         out.append((write_png(tmp / f"p{seed + i}.png", pixels), masks))
     return out
-
-
-def _cli(args: list[str], env: dict[str, str], **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        _command() + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, **kw
-    )
 
 
 def _own(ls: LabelStudio, task: int) -> list[dict[str, Any]]:
@@ -80,7 +74,7 @@ def test_prelabel_gives_each_unlabelled_task_one_prediction_and_resumes_after_a_
         log = tmp_path / "prelabel1.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [*_command(), "prelabel", "--project", str(project), "--wait"],
+                [*command(), "prelabel", "--project", str(project), "--wait"],
                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         try:
@@ -93,7 +87,7 @@ def test_prelabel_gives_each_unlabelled_task_one_prediction_and_resumes_after_a_
         assert "27 to pre-label" in log.read_text(), log.read_text()
 
         # The rerun finishes what is left (the killed run's queued chunks still run on the worker).
-        second = _cli(["prelabel", "--project", str(project), "--wait"], env)
+        second = cli(["prelabel", "--project", str(project), "--wait"], env)
         assert second.returncode == 0, second.stdout + second.stderr
         counts = wait_for(lambda: (c := [len(_own(ls, t)) for t in unlabelled]) and all(c) and c, timeout=120)
         assert counts == [1] * 27, counts
@@ -102,7 +96,7 @@ def test_prelabel_gives_each_unlabelled_task_one_prediction_and_resumes_after_a_
         assert all(_own(ls, t) == [] for t in labelled)  # labelled tasks are not pre-labelled
         assert {t: _annotations(ls, t) for t in labelled} == before  # annotations untouched
 
-        third = _cli(["prelabel", "--project", str(project), "--wait"], env)
+        third = cli(["prelabel", "--project", str(project), "--wait"], env)
         assert third.returncode == 0 and "27 already predicted" in third.stdout, third.stdout
         assert "0 to pre-label" in third.stdout, third.stdout
         assert [len(_own(ls, t)) for t in unlabelled] == [1] * 27  # still exactly one each
@@ -160,24 +154,24 @@ def test_embedded_prelabel_bad_input_and_coco_export_round_trip(
     for tid, (_, masks) in zip(ids[:2], pics[:2], strict=True):
         ls.annotate(tid, brush_result(masks))
 
-    run = _cli(["prelabel", "--project", str(project), "--wait"], env)
+    run = cli(["prelabel", "--project", str(project), "--wait"], env)
     out = run.stdout + run.stderr
     assert run.returncode == 2, out  # one task failed: named, the others predicted
     assert f"task {broken}:" in run.stdout and "5 to pre-label" in run.stdout, out
     assert "4 predicted and written back, 1 failed" in run.stdout, out
     assert all(len(_own(ls, t)) == 1 for t in ids[2:]), out
-    again = _cli(["prelabel", "--project", str(project), "--wait"], env)
+    again = cli(["prelabel", "--project", str(project), "--wait"], env)
     assert again.returncode == 2 and "1 to pre-label" in again.stdout, again.stdout + again.stderr
     assert all(len(_own(ls, t)) == 1 for t in ids[2:])  # no duplicates on a rerun
 
     # The labelled tasks get predictions too (--only all), so --eval has tasks holding both.
-    both = _cli(["prelabel", "--project", str(project), "--wait", "--only", "all"], env)
+    both = cli(["prelabel", "--project", str(project), "--wait", "--only", "all"], env)
     assert "3 to pre-label" in both.stdout and f"task {broken}:" in both.stdout, both.stdout + both.stderr
     assert all(len(_own(ls, t)) == 1 for t in ids)
 
     # COCO straight from the API: pixel-exact against the masks Label Studio stores.
     coco_path, res_path = tmp_path / "coco.json", tmp_path / "res.json"
-    exp = _cli(
+    exp = cli(
         [
             "export-coco",
             "--project",
@@ -222,13 +216,13 @@ def test_embedded_prelabel_bad_input_and_coco_export_round_trip(
         assert float(table["Cat"][1]) > 0.2, exp.stdout
 
     # Bad input: exit 2 with the project named.
-    missing = _cli(["prelabel", "--project", "987654", "--wait"], env)
+    missing = cli(["prelabel", "--project", "987654", "--wait"], env)
     assert missing.returncode == 2 and "project 987654: does not exist" in missing.stderr, missing.stderr
-    wrong_key = _cli(["export-coco", "--project", str(project), "--out", str(tmp_path / "x.json")],
+    wrong_key = cli(["export-coco", "--project", str(project), "--out", str(tmp_path / "x.json")],
                      dict(env, LABEL_STUDIO_API_KEY="0" * 40))  # fmt: skip
     assert wrong_key.returncode == 2 and f"project {project}" in wrong_key.stderr, wrong_key.stderr
     text_only = ls.create_project('<View><Text name="t" value="$text"/><Choices name="c" toName="t">'
                                   '<Choice value="a"/></Choices></View>')  # fmt: skip
-    unsupported = _cli(["prelabel", "--project", str(text_only)], env)
+    unsupported = cli(["prelabel", "--project", str(text_only)], env)
     assert unsupported.returncode == 2, unsupported.stderr
     assert f"project {text_only}: unsupported labelling config" in unsupported.stderr, unsupported.stderr

@@ -18,10 +18,10 @@ import pytest
 from seggpt_backend.labelstudio.polygon import mask_to_polygons, rasterize, region_mask
 from seggpt_backend.service.store.kv import RedisKV
 from seggpt_backend.service.store.quality import QualityStore
+from tests.e2e_support import Backend, command, logs_on_failure, running_backend
 from tests.fixtures import scene, write_png
 from tests.labelstudio_server import LabelStudio, label_studio  # noqa: F401
 from tests.service_support import LABEL_CONFIG, brush_result, redis_url, wait_for
-from tests.test_e2e import Backend, _command, logs_on_failure, running_backend
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -100,7 +100,7 @@ def test_submitted_corrections_show_up_in_the_report(
 
         out = tmp_path / "report"
         run = subprocess.run(
-            [*_command(), "report", "--project", str(project), "--out", str(out)],
+            [*command(), "report", "--project", str(project), "--out", str(out)],
             env=backend.env,
             capture_output=True,
             text=True,

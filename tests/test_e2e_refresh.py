@@ -17,16 +17,9 @@ import redis
 
 from seggpt_backend.service.store.kv import RedisKV
 from seggpt_backend.service.store.prompts import PromptStore
+from tests.e2e_support import build_pictures, check_prediction, logs_on_failure, running_backend, wait_ready
 from tests.labelstudio_server import LabelStudio, label_studio  # noqa: F401
 from tests.service_support import LABEL_CONFIG, brush_result, redis_url, wait_for
-from tests.test_e2e import (
-    _spawn,
-    _wait_ready,
-    build_pictures,
-    check_prediction,
-    logs_on_failure,
-    running_backend,
-)
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -47,12 +40,8 @@ def test_a_promotion_replaces_the_unlabelled_tasks_predictions_once(
         running_backend("redis", ls, tmp_path, worker=False, env_extra=env) as backend,
         logs_on_failure(backend, ls),
     ):
-        log = tmp_path / "worker.log"
-        backend.procs["worker"] = (
-            _spawn(["worker", "--queues", "interactive", "batch", "tune"], backend.env, log),
-            log,
-        )
-        _wait_ready(backend)
+        backend.start_worker(queues=("interactive", "batch", "tune"))
+        wait_ready(backend)
         store = PromptStore(RedisKV(redis.Redis.from_url(redis_url()), backend.env["SEGGPT_KEY_PREFIX"]))
         project = ls.create_project(LABEL_CONFIG)
         names = ["q_png", "q_wide", "later", "opened", "q_jpg"]

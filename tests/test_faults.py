@@ -27,10 +27,10 @@ import pytest
 import redis
 from rq.registry import StartedJobRegistry
 
+from tests.e2e_support import Backend, logs_on_failure, running_backend, wait_ready
 from tests.fixtures import scene
 from tests.labelstudio_server import LabelStudio, label_studio  # noqa: F401
 from tests.service_support import LABEL_CONFIG, ImageServer, brush_result, png_bytes, wait_for
-from tests.test_e2e import Backend, _wait_ready, logs_on_failure, running_backend
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -169,7 +169,7 @@ def test_a_server_killed_mid_batch_loses_and_doubles_nothing(ls: LabelStudio, tm
         backend.kill("serve")  # the response never leaves: the workers must write everything back
         request.join(timeout=120)
         backend.start_serve()
-        _wait_ready(backend)
+        wait_ready(backend)
         recovered = _assert_exactly_once(ls, backend, project, tasks, started)
         print(f"serve SIGKILL: all {len(tasks)} tasks delivered once after {recovered:.1f} s")
 
