@@ -191,6 +191,29 @@ def brush_result(
     ]
 
 
+def polygon_result(
+    masks: Mapping[str, np.ndarray], *, from_name: str = "poly", to_name: str = "image"
+) -> list[dict]:
+    """Label Studio ``result`` with one closed polygonlabels region per outer ring of each mask
+    (percent coordinates, as the editor stores them; traced at 0.5 px tolerance)."""
+    from seggpt_backend.labelstudio.polygon import mask_to_polygons
+
+    return [
+        {
+            "id": f"p{i}{j}",
+            "from_name": from_name,
+            "to_name": to_name,
+            "type": "polygonlabels",
+            "original_width": int(mask.shape[1]),
+            "original_height": int(mask.shape[0]),
+            "image_rotation": 0,
+            "value": {"points": points, "polygonlabels": [label], "closed": True},
+        }
+        for i, (label, mask) in enumerate(masks.items())
+        for j, points in enumerate(mask_to_polygons(mask, tolerance=0.5))
+    ]
+
+
 def annotation_event(
     action: str,
     *,

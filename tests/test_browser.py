@@ -12,7 +12,10 @@ with the fixture's user and password, as a person would.
    in the editor lists a ``Cat`` brush region in the region panel, and the editor's canvas holds
    its mask: the red (``#FF0000``, the label's colour) pixels of the Konva canvases, sampled at
    the image's own resolution, match the stored RLE mask (IoU >= 0.9).
-2. *A smart keypoint refines.* In a project whose config adds a smart ``KeyPointLabels`` (and
+2. *A polygon prediction is drawn.* The same with a ``PolygonLabels`` config: the examples are
+   polygon annotations, our prediction is ``polygonlabels`` regions, and the editor lists them and
+   fills them where the rasterised polygons lie.
+3. *A smart keypoint refines.* In a project whose config adds a smart ``KeyPointLabels`` (and
    with "Use predictions to prelabel tasks" off, so the editor starts empty), Auto-Annotation and
    Auto-Accept Suggestions are switched on in the bottom bar, the smart keypoint tool picked from
    the toolbar's Auto-Detect group and the keypoint's ``Cat`` label selected; then one click on
@@ -20,7 +23,7 @@ with the fixture's user and password, as a person would.
    Chromium's network log) carries the keypoint at the clicked spot, its answer is our brush
    region containing that pixel, and the editor then lists that region and draws its mask.
 
-Screenshots (``browser-prediction.png``, ``browser-smart-keypoint.png``) are written to
+Screenshots (``browser-prediction.png``, ``browser-polygon.png``, ``browser-smart-keypoint.png``) are written to
 ``$SEGGPT_BROWSER_SCREENSHOTS`` (``docs`` refreshes the README's pictures), else to the test's
 temporary dir. Every wait is explicit and names what did not appear; on a failure the page's
 screenshot and HTML are saved next to the test's temporary files and their paths are printed.
@@ -44,10 +47,11 @@ import numpy as np
 import pytest
 
 from seggpt_backend.labelstudio import rle
+from seggpt_backend.labelstudio.polygon import region_mask
 from tests.e2e_support import Backend, iou, logs_on_failure, running_backend
 from tests.fixtures import scene, write_png
 from tests.labelstudio_server import LabelStudio, label_studio  # noqa: F401  (session fixture)
-from tests.service_support import brush_result
+from tests.service_support import brush_result, polygon_result
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -65,6 +69,13 @@ CONFIG = """<View>
     <Label value="Cat" smart="true" background="#FF0000"/>
     <Label value="Dog" smart="true" background="#0000FF"/>
   </KeyPointLabels>
+</View>"""
+# A PolygonLabels project (the same Cat colour): our polygon predictions drawn by the editor.
+POLYGON_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <PolygonLabels name="poly" toName="image">
+    <Label value="Cat" background="#FF0000"/>
+  </PolygonLabels>
 </View>"""
 WAIT_S = 30.0  # generous for a loaded 2-core machine; a healthy run needs a few seconds per step
 DRAWN_IOU = 0.9  # canvas pixels vs the RLE: resampling at the border costs a few percent (0.97 seen)
@@ -369,19 +380,28 @@ class Project:
     truth: dict[str, np.ndarray]
 
 
-def make_project(ls: LabelStudio, backend: Backend, tmp: Path, *, prelabel: bool) -> Project:
-    """``prelabel``: Label Studio's "Use predictions to prelabel tasks" (off: the editor starts empty)."""
+def make_project(
+    ls: LabelStudio,
+    backend: Backend,
+    tmp: Path,
+    *,
+    prelabel: bool,
+    config: str = CONFIG,
+    result: Callable[[dict[str, np.ndarray]], list[dict[str, Any]]] = brush_result,
+) -> Project:
+    """``prelabel``: Label Studio's "Use predictions to prelabel tasks" (off: the editor starts
+    empty); ``result`` turns an example's masks into its annotation for ``config``'s control."""
     files, truth = {}, {}
     for name, seed in (("ex1", 1), ("ex2", 2), ("q1", 11), ("q2", 12)):
         pixels, masks = scene(HEIGHT, WIDTH, seed=seed, shapes={"Cat": 1})
         files[name] = write_png(tmp / f"{name}.png", pixels)
         truth[name] = masks["Cat"]
-    project = ls.create_project(CONFIG)
+    project = ls.create_project(config)
     r = ls.api.patch(f"/api/projects/{project}", json={"show_collab_predictions": prelabel})
     assert r.is_success, r.text
     tasks = dict(zip(files, ls.import_images(project, list(files.values())), strict=True))
     for name in ("ex1", "ex2"):
-        ls.annotate(tasks[name], brush_result({"Cat": truth[name]}))
+        ls.annotate(tasks[name], result({"Cat": truth[name]}))
     ml = ls.connect_ml_backend(project, backend.url, is_interactive=True)
     return Project(project, ml, tasks, truth)
 
@@ -427,6 +447,45 @@ def test_our_prediction_is_drawn_in_the_editor(
         drawn = editor.wait("the Cat mask drawn on the canvas", lambda: (m := editor.drawn()).red.any() and m)
         assert drawn.iou(stored) >= DRAWN_IOU, drawn.mismatch(stored)
         editor.screenshot(screenshot_dir(tmp_path) / "browser-prediction.png")
+
+
+def test_our_polygon_prediction_is_drawn_in_the_editor(
+    editor: Editor,
+    backend: Backend,
+    label_studio: LabelStudio,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    ls = label_studio
+    with logs_on_failure(backend, ls):
+        project = make_project(
+            ls, backend, tmp_path, prelabel=True, config=POLYGON_CONFIG, result=polygon_result
+        )
+        task = project.tasks["q1"]
+        ls.retrieve_predictions(project.id, [task])
+        (prediction,) = ls.predictions(task)
+        regions = prediction["result"]
+        assert regions, "no polygon predicted"
+        stored = np.zeros((HEIGHT, WIDTH), bool)
+        for region in regions:
+            assert (region["type"], region["from_name"]) == ("polygonlabels", "poly"), region
+            assert region["value"]["polygonlabels"] == ["Cat"] and region["value"]["closed"]
+            mask = region_mask(region)
+            assert mask is not None and mask.shape == (HEIGHT, WIDTH), region
+            stored |= mask
+        assert iou(stored, project.truth["q1"]) >= 0.3, "the demo model missed the cat: nothing to show"
+
+        editor.open_task(project.id, task)
+        rows = editor.wait(
+            f"{len(regions)} Cat polygon(s) in the region panel",
+            lambda: len(r := [r for r in editor.regions() if "Cat" in r]) == len(regions) and r,
+        )
+        assert len(rows) == len(regions), editor.regions()
+        drawn = editor.wait(
+            "the Cat polygon drawn on the canvas",
+            lambda: (m := editor.drawn()).red.sum() >= 0.5 * stored.sum() and m,
+        )
+        assert drawn.iou(stored) >= DRAWN_IOU, drawn.mismatch(stored)  # fill and outline: 0.99 seen
+        editor.screenshot(screenshot_dir(tmp_path) / "browser-polygon.png")
 
 
 def test_a_smart_keypoint_shows_our_refined_region(

@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from seggpt_backend.labelstudio.polygon import mask_to_polygons, rasterize, region_mask
+from seggpt_backend.labelstudio.polygon import rasterize, region_mask
 from seggpt_backend.service.store.kv import RedisKV
 from seggpt_backend.service.store.quality import QualityStore
 from tests.e2e_support import Backend, command, logs_on_failure, running_backend
 from tests.fixtures import scene, write_png
 from tests.labelstudio_server import LabelStudio, label_studio  # noqa: F401
-from tests.service_support import LABEL_CONFIG, brush_result, redis_url, wait_for
+from tests.service_support import LABEL_CONFIG, brush_result, polygon_result, redis_url, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -128,21 +128,7 @@ def test_a_polygon_project_gets_polygon_predictions_label_studio_stores(
         paths, truth = _pictures(tmp_path, [41, 42, 43, 44])
         ids = ls.import_images(project, paths)
         for i in (0, 1):  # polygon annotations are the examples
-            result = [
-                {
-                    "id": f"p{i}{label}",
-                    "from_name": "poly",
-                    "to_name": "image",
-                    "type": "polygonlabels",
-                    "original_width": 128,
-                    "original_height": 96,
-                    "image_rotation": 0,
-                    "value": {"points": points, "polygonlabels": [label], "closed": True},
-                }
-                for label, mask in truth[i].items()
-                for points in mask_to_polygons(mask, tolerance=0.5)
-            ]
-            ls.annotate(ids[i], result)
+            ls.annotate(ids[i], polygon_result(truth[i]))
         ls.connect_ml_backend(project, backend.url, is_interactive=False)
         version = wait_for(
             lambda: (v := _setup(backend, project, POLYGON_CONFIG)) and not v.endswith(".ex-none") and v,
