@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +91,18 @@ def test_training_is_reproducible_from_its_arguments(tmp_path: Path) -> None:
     assert digests[0] == digests[1]
     train(get_config("tiny"), steps=3, batch=4, minutes=None, lr=2e-3, out=tmp_path / "c", threads=1, seed=1)
     assert hashlib.sha256((tmp_path / "c" / "model.safetensors").read_bytes()).hexdigest() != digests[0]
+    # Batches built by worker processes are the same batches: the same weights.
+    train(
+        get_config("tiny"),
+        steps=3,
+        batch=4,
+        minutes=None,
+        lr=2e-3,
+        out=tmp_path / "d",
+        threads=1,
+        data_workers=2,
+    )
+    assert hashlib.sha256((tmp_path / "d" / "model.safetensors").read_bytes()).hexdigest() == digests[0]
 
 
 def test_fixed_colour_batches_paint_binary_targets_white() -> None:
@@ -100,3 +115,26 @@ def test_fixed_colour_batches_paint_binary_targets_white() -> None:
         if masks.shape[0] == 1 and masks[0].any():
             painted = label[:, torch.from_numpy(masks[0])]
             torch.testing.assert_close(painted, white[:, None].expand_as(painted))
+
+
+@pytest.mark.slow
+def test_the_prepared_device_script_trains_and_benchmarks(tmp_path: Path) -> None:
+    """``scripts/train-demo-gpu.sh`` end to end, shrunk to seconds on the CPU: what a session
+    lent a GPU runs in one call must not fail on a typo after minutes of device time."""
+    env = {
+        **os.environ,
+        "OUT": str(tmp_path),
+        "DEVICE": "cpu",
+        "MINUTES": "0.02",
+        "BATCH": "2",
+        "WORKERS": "1",
+        "PYTHON": sys.executable,
+        "BENCH_ARGS": "--n 1 --n-multi 1 --n-family 1 --tune-steps 1 --tune-pairs 2 --threads 1",
+    }
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train-demo-gpu.sh"
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    model, _ = build_model(str(tmp_path / "weights"))
+    assert model.cfg == get_config("demo")
+    assert "done steps" in (tmp_path / "train.log").read_text()
+    assert "| one-shot |" in (tmp_path / "results_quality.md").read_text()

@@ -55,8 +55,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -141,6 +143,59 @@ def sample_batch(
             t.colours = palette(len(t.labels))[rng.permutation(len(t.labels))]
     swapped = [swap(t) for t in tasks]
     return tasks_to_batch((tasks + swapped)[:batch])
+
+
+class StepBatches(torch.utils.data.Dataset[Batch]):
+    """``StepBatches(...)[step]`` is :func:`sample_batch` of ``step``: a
+    :class:`~torch.utils.data.DataLoader` over it builds the next batches in worker processes
+    while the model trains on this one, and every step still sees the batch it would in-process."""
+
+    def __init__(
+        self,
+        run: int,
+        batch: int,
+        size: tuple[int, int],
+        *,
+        steps: int,
+        fixed_colour_p: float = 0.0,
+        instance_fraction: float = INSTANCE_FRACTION,
+        semantic_p: tuple[float, float, float] = SEMANTIC_P,
+    ) -> None:
+        self.run, self.batch, self.size, self.steps = run, batch, size, steps
+        self.fixed_colour_p, self.instance_fraction, self.semantic_p = (
+            fixed_colour_p,
+            instance_fraction,
+            semantic_p,
+        )
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, step: int) -> Batch:
+        return sample_batch(
+            self.run,
+            step,
+            self.batch,
+            self.size,
+            fixed_colour_p=self.fixed_colour_p,
+            instance_fraction=self.instance_fraction,
+            semantic_p=self.semantic_p,
+        )
+
+    def iterate(self, workers: int) -> Iterator[Batch]:
+        """Batches of steps 0, 1, 2, ... in order: built here (``workers`` 0) or by ``workers``
+        processes, each a few batches ahead."""
+        if workers <= 0:
+            return (self[i] for i in range(self.steps))
+        loader = torch.utils.data.DataLoader(
+            self, batch_size=None, num_workers=workers, collate_fn=_as_is, prefetch_factor=4
+        )
+        return iter(loader)
+
+
+def _as_is(batch: Any) -> Any:
+    """The loader's collate (with ``batch_size=None`` it gets one :class:`Batch`): kept as it is."""
+    return batch
 
 
 def swap(task: Task) -> Task:
@@ -250,6 +305,7 @@ def train(
     fixed_colour_p: float = 0.0,
     instance_fraction: float = INSTANCE_FRACTION,
     semantic_p: tuple[float, float, float] = SEMANTIC_P,
+    data_workers: int = 0,
 ) -> list[float]:
     """Train a fresh model; returns the per-step paper loss (smooth-L1 on the query half).
 
@@ -269,6 +325,9 @@ def train(
       from the rest; the whole canvas is decoded and the loss covers every hidden patch.
       ``prompt_mask_ratio=0`` turns this off: only the query half is decoded (the paper's loss,
       about 25 % less compute per step for the demo config, measured at one thread).
+
+    ``data_workers`` > 0 builds the batches in that many processes (:class:`StepBatches`), the
+    same batches as in-process: on a GPU the numpy task generator, not the model, sets the pace.
     """
     if threads:
         torch.set_num_threads(threads)
@@ -314,6 +373,15 @@ def train(
     emit(
         f"config {json.dumps(cfg.to_dict())} params {n_params} batch {batch} steps {steps} minutes {minutes}"
     )
+    batches = StepBatches(
+        run,
+        batch,
+        cfg.half_size,
+        steps=steps,
+        fixed_colour_p=fixed_colour_p,
+        instance_fraction=instance_fraction,
+        semantic_p=semantic_p,
+    ).iterate(data_workers)
     losses: list[float] = []
     t0 = last_save = time.time()
     ema = None
@@ -324,15 +392,7 @@ def train(
         progress = max(step / steps, elapsed / budget if budget else 0.0)
         if progress >= 1.0:
             break
-        b = sample_batch(
-            run,
-            step,
-            batch,
-            cfg.half_size,
-            fixed_colour_p=fixed_colour_p,
-            instance_fraction=instance_fraction,
-            semantic_p=semantic_p,
-        )
+        b = next(batches)
         for group in opt.param_groups:
             group["lr"] = lr_at(progress, lr, warmup)
         masked = masked_patches(cfg, len(b.images), prompt_mask_ratio, gen).to(dev)
@@ -399,6 +459,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log", type=Path, default=Path("/tmp/demo_train.log"))
     p.add_argument("--save-every", type=float, default=300.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--data-workers",
+        type=int,
+        default=0,
+        help="processes building batches ahead (0: in the training process; same batches either way)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (same recipe, far more steps per minute)")
     p.add_argument(
         "--amp", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (auto: on CUDA only)"
@@ -445,6 +511,7 @@ def main(argv: list[str] | None = None) -> None:
         amp=None if a.amp == "auto" else a.amp == "on",
         fixed_colour_p=a.fixed_colour,
         threads=a.threads,
+        data_workers=a.data_workers,
         init=a.init,
         device=a.device,
         balance_start=a.balance_start,
