@@ -123,6 +123,25 @@ def test_a_promotion_queues_the_unlabelled_tasks_once_and_replaces_old_predictio
     assert 'seggpt_refresh_total{outcome="debounced",trigger="tuning"} 1' in ctx.metrics.render()
 
 
+def test_a_debounced_refresh_is_deferred_and_run_once_when_its_window_ends(world) -> None:  # noqa: F811
+    make, images = world
+    env = {"SEGGPT_AUTO_REFRESH": "true", "SEGGPT_REFRESH_INTERVAL_S": "1"}
+    ctx, other = make(**env), make(**env)
+    _serve_project(images, [_task(301)])
+    first = jobs.after_promotion(ctx, "1", trigger="tuning")
+    assert first is not None and first["refreshed"]
+    again = jobs.after_promotion(ctx, "1", trigger="tuning")
+    assert again is not None and again["refreshed"] is False
+    assert time.time() < again["deferred_until"] < time.time() + 1.0
+    assert jobs.run_deferred_refreshes(ctx) == []  # its window has not ended
+    time.sleep(1.2)
+    # Two workers look at once: one of them runs it.
+    ran = jobs.run_deferred_refreshes(ctx) + jobs.run_deferred_refreshes(other)
+    assert [(r["trigger"], r["refreshed"]) for r in ran] == [("deferred", True)]
+    assert jobs.run_deferred_refreshes(ctx) == []
+    assert 'seggpt_refresh_total{outcome="queued",trigger="deferred"} 1' in ctx.metrics.render()
+
+
 def test_refresh_is_off_by_default_and_on_per_project_through_extra_params(world) -> None:  # noqa: F811
     make, images = world
     ctx = make(SEGGPT_REFRESH_INTERVAL_S="0")

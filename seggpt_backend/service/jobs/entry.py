@@ -46,6 +46,7 @@ from seggpt_backend.service.store.connections import ConnectionStore
 from seggpt_backend.service.store.examples import ExampleStore, compose_model_version
 from seggpt_backend.service.store.kv import KV, RedisKV
 from seggpt_backend.service.store.metrics import Metrics
+from seggpt_backend.service.store.prelabel import RefreshGate
 from seggpt_backend.service.store.progress import ProgressStore
 from seggpt_backend.service.store.project_options import ProjectOptionsStore
 from seggpt_backend.service.store.prompts import PromptStore, TuneRun
@@ -394,6 +395,14 @@ def after_promotion(ctx: WorkerContext, project: str, *, trigger: str) -> dict[s
         log.warning("project %s: refresh after %s not queued: %s", project, trigger, exc)
         ctx.metrics.inc("seggpt_refresh_total", trigger=trigger, outcome="failed")
         return None
+
+
+def run_deferred_refreshes(ctx: WorkerContext, *, now: float | None = None) -> list[dict[str, Any]]:
+    """Refresh the projects whose debounced refresh is due (:class:`RefreshGate`); called by a
+    worker between jobs. Returns each refresh's summary."""
+    gate = RefreshGate(ctx.kv, ctx.settings.refresh_interval_s)
+    done = [after_promotion(ctx, project, trigger="deferred") for project in gate.take_due(now=now)]
+    return [d for d in done if d is not None]
 
 
 def ensure_examples(ctx: WorkerContext, project: str, *, force: bool = False) -> None:

@@ -64,7 +64,9 @@ def refresh_project(ctx: Any, project: str, *, trigger: str) -> dict[str, Any]:
         ctx.metrics.inc("seggpt_refresh_total", trigger=trigger, outcome="debounced")
         return {
             **out,
-            "reason": f"debounced: a refresh ran within SEGGPT_REFRESH_INTERVAL_S={gate.interval_s:g}",
+            "reason": f"debounced: a refresh ran within SEGGPT_REFRESH_INTERVAL_S={gate.interval_s:g}; "
+            "deferred to the window's end",
+            "deferred_until": gate.defer(project),
         }
     try:
         queued = _queue(ctx, queue, client, project, options)

@@ -20,7 +20,8 @@ Design:
   job within about a minute.
 - Housekeeping every :data:`HOUSEKEEPING_S`: abandoned jobs are retried and undelivered results
   are written back (:meth:`~seggpt_backend.service.jobs.delivery.Delivery.sweep`), so a server killed
-  mid-batch loses nothing.
+  mid-batch loses nothing; between jobs, debounced refreshes whose window ended are run
+  (:func:`~seggpt_backend.service.jobs.entry.run_deferred_refreshes`).
 - While a job computes, the images of the next queued job are downloaded and decoded in the
   background (:class:`~seggpt_backend.service.jobs.prefetch.ImagePrefetcher`).
 - Jobs are JSON (``JSONSerializer``); a job that raises is retried (twice) by RQ; one bad task
@@ -93,7 +94,7 @@ class SegGptWorker(SimpleWorker):
         kwargs.setdefault("serializer", JSONSerializer)
         super().__init__(*args, **kwargs)
         self.context = context
-        self._housekept = 0.0
+        self._housekept = self._deferred_checked = 0.0
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """How long a running job's heartbeat lives: one beat interval plus slack.
@@ -117,19 +118,26 @@ class SegGptWorker(SimpleWorker):
             self.register_birth()
             self.context.publish_engine()  # the server's model version depends on it
         super().heartbeat(timeout, pipeline)
-        self.housekeeping()
+        self.housekeeping(between_jobs=pipeline is None)
 
-    def housekeeping(self) -> None:
-        """At most every :data:`HOUSEKEEPING_S`: retry abandoned jobs, write back orphaned results."""
+    def housekeeping(self, *, between_jobs: bool = False) -> None:
+        """At most every :data:`HOUSEKEEPING_S`: retry abandoned jobs, write back orphaned results;
+        ``between_jobs`` (RQ's own beat in the main thread, not the job's beat thread): also run
+        the deferred refreshes that are due (they list a project's tasks: not while a job waits)."""
         now = time.monotonic()
-        if now - self._housekept < HOUSEKEEPING_S:
-            return
-        self._housekept = now
-        try:
-            reclaim_abandoned(self.queues)
-            self.context.delivery.sweep()
-        except Exception:  # the next beat tries again; the worker itself goes on
-            log.exception("worker housekeeping failed")
+        if now - self._housekept >= HOUSEKEEPING_S:
+            self._housekept = now
+            try:
+                reclaim_abandoned(self.queues)
+                self.context.delivery.sweep()
+            except Exception:  # the next beat tries again; the worker itself goes on
+                log.exception("worker housekeeping failed")
+        if between_jobs and now - self._deferred_checked >= HOUSEKEEPING_S:
+            self._deferred_checked = now
+            try:
+                jobs.run_deferred_refreshes(self.context)
+            except Exception:
+                log.exception("deferred refreshes failed")
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         stop = threading.Event()

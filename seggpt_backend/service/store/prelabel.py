@@ -140,14 +140,19 @@ def job_id(prefix: str, project: str, version: str, task_ids: Sequence[int]) -> 
     return "seggpt-prelabel-" + hashlib.sha1(body.encode()).hexdigest()[:24]
 
 
+DEFERRED_KEY = "rf:deferred"
+
+
 class RefreshGate:
     """The debounce of automatic refreshes: at most one per project per ``interval_s``.
 
     Key ``rf:<project>`` (a KV ``SET NX EX``: atomic, so two workers promoting at once start one
     refresh) holds the time of the last refresh and expires after the interval; with
-    ``interval_s`` 0 every request passes. A refresh that is refused is not lost work: tasks keep
-    the prediction they have, and the next refresh (or ``seggpt-backend prelabel``) picks up
-    whatever version is current then.
+    ``interval_s`` 0 every request passes. A refresh refused within the window is deferred, not
+    dropped: hash ``rf:deferred`` maps the project to the window's end (Unix seconds; one field
+    per project, removed when taken), and a worker between jobs takes the due ones
+    (:meth:`take_due`, each project by exactly one worker) and refreshes to whatever version is
+    current then.
     """
 
     def __init__(self, kv: Any, interval_s: float) -> None:
@@ -165,3 +170,15 @@ class RefreshGate:
         """When the last refresh within the window started (``time.time()``), or None."""
         raw = self.kv.get(f"rf:{project}")
         return float(raw) if raw else None
+
+    def defer(self, project: str) -> float:
+        """Ask for a refresh of ``project`` when the current window ends; returns that time."""
+        due = (self.last(project) or time.time()) + self.interval_s
+        self.kv.hset(DEFERRED_KEY, {project: repr(due)})
+        return due
+
+    def take_due(self, *, now: float | None = None) -> list[str]:
+        """The deferred projects whose window has ended, each returned to one caller only."""
+        now = time.time() if now is None else now
+        due = [p for p, raw in self.kv.hgetall(DEFERRED_KEY).items() if float(raw) <= now]
+        return [p for p in due if self.kv.hdel(DEFERRED_KEY, p)]
