@@ -145,28 +145,20 @@ def sample_batch(
     return tasks_to_batch((tasks + swapped)[:batch])
 
 
+@dataclass(frozen=True)
 class StepBatches(torch.utils.data.Dataset[Batch]):
-    """``StepBatches(...)[step]`` is :func:`sample_batch` of ``step``: a
-    :class:`~torch.utils.data.DataLoader` over it builds the next batches in worker processes
-    while the model trains on this one, and every step still sees the batch it would in-process."""
+    """``StepBatches(...)[step]`` is :func:`sample_batch` of ``step`` (the fields are its
+    arguments): a :class:`~torch.utils.data.DataLoader` over it builds the next batches in worker
+    processes while the model trains on this one, and every step still sees the batch it would
+    in-process."""
 
-    def __init__(
-        self,
-        run: int,
-        batch: int,
-        size: tuple[int, int],
-        *,
-        steps: int,
-        fixed_colour_p: float = 0.0,
-        instance_fraction: float = INSTANCE_FRACTION,
-        semantic_p: tuple[float, float, float] = SEMANTIC_P,
-    ) -> None:
-        self.run, self.batch, self.size, self.steps = run, batch, size, steps
-        self.fixed_colour_p, self.instance_fraction, self.semantic_p = (
-            fixed_colour_p,
-            instance_fraction,
-            semantic_p,
-        )
+    run: int
+    batch: int
+    size: tuple[int, int]
+    steps: int
+    fixed_colour_p: float = 0.0
+    instance_fraction: float = INSTANCE_FRACTION
+    semantic_p: tuple[float, float, float] = SEMANTIC_P
 
     def __len__(self) -> int:
         return self.steps
