@@ -23,11 +23,11 @@ from seggpt_backend.model.config import SegGptConfig, get_config
 # Fresh held-out tasks (a seed range no benchmark or training uses), rendered at sizes other
 # than the model's so both resizes (in and out) are on the path.
 TEST_SEEDS = range(950_000, 950_012)
-# The shipped model (stage 5) scores 0.37 mean IoU on these 12 tasks (see
+# The shipped model (stage 6) scores 0.39 mean IoU on these 12 tasks (see
 # bench/results_quality.md for the benchmark's figures); a broken loader, wrong normalisation or a
 # transposed resize scores near 0 (an empty or garbage mask), as does the right query with another
 # task's example (0.05 here). The floor leaves room for float differences across CPUs.
-IOU_FLOOR = 0.28
+IOU_FLOOR = 0.32
 
 
 def test_shipped_weights_are_small_and_match_the_registry() -> None:

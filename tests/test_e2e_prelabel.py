@@ -213,7 +213,7 @@ def test_embedded_prelabel_bad_input_and_coco_export_round_trip(
     }
     assert set(table) == {"Cat", "Dog"} and all(row[0] == "2" for row in table.values()), exp.stdout
     if weights_spec() == "demo":  # the demo model finds the shapes: IoU well above 0
-        assert float(table["Cat"][1]) > 0.2, exp.stdout
+        assert float(table["Cat"][1]) > 0.5, exp.stdout  # 0.88 measured through the engine
 
     # Bad input: exit 2 with the project named.
     missing = cli(["prelabel", "--project", "987654", "--wait"], env)
