@@ -29,7 +29,7 @@ from seggpt_backend.labelstudio import rle
 from seggpt_backend.settings import Settings
 from tests.fixtures import DISPLAY_FROM_STORED, scene, write_jpeg, write_png
 from tests.labelstudio_server import LabelStudio, _die_with_parent, free_port
-from tests.service_support import LABEL_CONFIG, cleanup_redis, new_prefix, redis_url
+from tests.service_support import LABEL_CONFIG, cleanup_redis, new_prefix, redis_url, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "seggpt_backend" / "demo" / "weights" / "config.json"
@@ -138,11 +138,21 @@ class Backend:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
 
-    def setup(self, project: int) -> str:
+    def setup(self, project: int, config: str = LABEL_CONFIG) -> str:
         """``POST /setup`` as Label Studio sends it; returns the project's model version."""
-        r = self.http.post("/setup", json={"project": f"{project}.1795307990", "schema": LABEL_CONFIG})
+        r = self.http.post("/setup", json={"project": f"{project}.1795307990", "schema": config})
         assert r.status_code == 200, r.text
         return str(r.json()["model_version"])
+
+    def version_with_examples(self, project: int, config: str = LABEL_CONFIG, timeout: float = 60) -> str:
+        """The project's model version once the backend holds its examples (no ``.ex-none``):
+        connecting or annotating makes it read them, shortly after."""
+        return str(
+            wait_for(
+                lambda: (v := self.setup(project, config)) and not v.endswith(".ex-none") and v,
+                timeout=timeout,
+            )
+        )
 
     def logs(self, lines: int = 60) -> str:
         out = []
@@ -203,10 +213,12 @@ def running_backend(
     tmp: Path,
     *,
     worker: bool = True,
+    queues: tuple[str, ...] = (),
     env_extra: dict[str, str] | None = None,
 ) -> Iterator[Backend]:
-    """Start ``serve`` (+ ``worker`` in redis mode unless ``worker=False``) as subprocesses and wait
-    until they are ready; stop them and clean Redis at exit. ``env_extra`` adds settings."""
+    """Start ``serve`` (+ ``worker`` in redis mode unless ``worker=False``, on ``queues`` if given)
+    as subprocesses and wait until they are ready; stop them and clean Redis at exit.
+    ``env_extra`` adds settings."""
     prefix = new_prefix()
     port = free_port()
     weights = weights_spec()
@@ -229,7 +241,7 @@ def running_backend(
     backend = Backend(mode, url, weights, procs, httpx.Client(base_url=url, timeout=30), env, tmp)
     try:
         if mode == "redis" and worker:
-            backend.start_worker()
+            backend.start_worker(queues=queues)
         log = tmp / "serve.log"
         procs["serve"] = (spawn(["serve", "--host", "127.0.0.1", "--port", str(port)], env, log), log)
         wait_ready(backend, need_worker=mode == "embedded" or worker)

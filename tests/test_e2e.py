@@ -85,7 +85,7 @@ def run_scenario(ls: LabelStudio, backend: Backend, pics: dict[str, Picture]) ->
     hooks = ok(ls.api.get("/api/webhooks/", params={"project": project}))
     assert any(h["url"] == f"{backend.url}/webhook" and h["project"] == project for h in hooks), hooks
     # Connecting is enough for the backend to read the two annotations made before it existed.
-    version = wait_for(lambda: (v := backend.setup(project)) and not v.endswith(".ex-none") and v, timeout=60)
+    version = backend.version_with_examples(project)
 
     # 3. Retrieve Predictions for every unlabelled task.
     unlabelled = ["q_png", "q_wide", "q_jpg", "later"]
@@ -234,9 +234,7 @@ def test_a_new_model_version_replaces_the_backends_older_prediction(
         ids = dict(zip(names, ls.import_images(project, [pics[n].path for n in names]), strict=True))
         ls.annotate(ids["ex_png"], brush_result({"Cat": pics["ex_png"].masks["Cat"]}))
         ls.connect_ml_backend(project, backend.url, is_interactive=True)
-        first = wait_for(
-            lambda: (v := backend.setup(project)) and not v.endswith(".ex-none") and v, timeout=60
-        )
+        first = backend.version_with_examples(project)
         queries = [ids["q_png"], ids["q_wide"], ids["q_jpg"]]
         ls.retrieve_predictions(project, queries)
         assert all([p["model_version"] for p in ls.predictions(t)] == [first] for t in queries)

@@ -122,7 +122,7 @@ def test_importing_tasks_prelabels_them_with_auto_prelabel_on(
         (example,) = ls.import_images(project, [pics[0][0]])
         ls.annotate(example, brush_result(pics[0][1]))
         ls.connect_ml_backend(project, backend.url, is_interactive=True)
-        wait_for(lambda: (v := backend.setup(project)) and not v.endswith(".ex-none") and v, timeout=60)
+        backend.version_with_examples(project)
         new = ls.add_local_files(project, [p for p, _ in pics[1:]])  # one import: one TASKS_CREATED
         counts = wait_for(lambda: (c := [len(_own(ls, t)) for t in new]) and all(c) and c, timeout=180)
         assert counts == [1, 1, 1], counts

@@ -18,7 +18,7 @@ import pytest
 from seggpt_backend.labelstudio.polygon import rasterize, region_mask
 from seggpt_backend.service.store.kv import RedisKV
 from seggpt_backend.service.store.quality import QualityStore
-from tests.e2e_support import Backend, command, logs_on_failure, running_backend
+from tests.e2e_support import command, logs_on_failure, running_backend
 from tests.fixtures import scene, write_png
 from tests.labelstudio_server import LabelStudio, label_studio  # noqa: F401
 from tests.service_support import LABEL_CONFIG, brush_result, polygon_result, redis_url, wait_for
@@ -38,12 +38,6 @@ def _pictures(tmp: Path, seeds: list[int]) -> tuple[list[Path], list[dict[str, n
         paths.append(write_png(tmp / f"img{seed}.png", pixels))
         masks.append(m)
     return paths, masks
-
-
-def _setup(backend: Backend, project: int, config: str) -> str:
-    r = backend.http.post("/setup", json={"project": f"{project}.1795307990", "schema": config})
-    assert r.status_code == 200, r.text
-    return str(r.json()["model_version"])
 
 
 def _label_masks(result: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -74,10 +68,7 @@ def test_submitted_corrections_show_up_in_the_report(
         for i in (0, 1):
             ls.annotate(ids[i], brush_result(truth[i]))
         ls.connect_ml_backend(project, backend.url, is_interactive=False)
-        version = wait_for(
-            lambda: (v := _setup(backend, project, LABEL_CONFIG)) and not v.endswith(".ex-none") and v,
-            timeout=60,
-        )
+        version = backend.version_with_examples(project, LABEL_CONFIG)
         queries = ids[2:]
         ls.retrieve_predictions(project, queries)
         preds = {t: wait_for(lambda t=t: ls.predictions(t), timeout=120)[0] for t in queries}
@@ -130,10 +121,7 @@ def test_a_polygon_project_gets_polygon_predictions_label_studio_stores(
         for i in (0, 1):  # polygon annotations are the examples
             ls.annotate(ids[i], polygon_result(truth[i]))
         ls.connect_ml_backend(project, backend.url, is_interactive=False)
-        version = wait_for(
-            lambda: (v := _setup(backend, project, POLYGON_CONFIG)) and not v.endswith(".ex-none") and v,
-            timeout=60,
-        )
+        version = backend.version_with_examples(project, POLYGON_CONFIG)
         queries = ids[2:]
         ls.retrieve_predictions(project, queries)
         ious = []

@@ -17,7 +17,7 @@ import redis
 
 from seggpt_backend.service.store.kv import RedisKV
 from seggpt_backend.service.store.prompts import PromptStore
-from tests.e2e_support import build_pictures, check_prediction, logs_on_failure, running_backend, wait_ready
+from tests.e2e_support import build_pictures, check_prediction, logs_on_failure, running_backend
 from tests.labelstudio_server import LabelStudio, label_studio  # noqa: F401
 from tests.service_support import LABEL_CONFIG, brush_result, redis_url, wait_for
 
@@ -37,11 +37,11 @@ def test_a_promotion_replaces_the_unlabelled_tasks_predictions_once(
         "SEGGPT_AUTO_REFRESH": "true",
     }
     with (
-        running_backend("redis", ls, tmp_path, worker=False, env_extra=env) as backend,
+        running_backend(
+            "redis", ls, tmp_path, queues=("interactive", "batch", "tune"), env_extra=env
+        ) as backend,
         logs_on_failure(backend, ls),
     ):
-        backend.start_worker(queues=("interactive", "batch", "tune"))
-        wait_ready(backend)
         store = PromptStore(RedisKV(redis.Redis.from_url(redis_url()), backend.env["SEGGPT_KEY_PREFIX"]))
         project = ls.create_project(LABEL_CONFIG)
         names = ["q_png", "q_wide", "later", "opened", "q_jpg"]
@@ -49,9 +49,7 @@ def test_a_promotion_replaces_the_unlabelled_tasks_predictions_once(
         for name in names[:4]:
             ls.annotate(ids[name], brush_result(pics[name].masks))
         ml_id = ls.connect_ml_backend(project, backend.url, is_interactive=True)
-        before = wait_for(
-            lambda: (v := backend.setup(project)) and not v.endswith(".ex-none") and v, timeout=60
-        )
+        before = backend.version_with_examples(project)
         ls.retrieve_predictions(project, [ids["q_jpg"]])
         (old,) = wait_for(lambda: ls.predictions(ids["q_jpg"]), timeout=60)
         assert old["model_version"] == before

@@ -17,7 +17,7 @@ import redis
 
 from seggpt_backend.service.store.kv import RedisKV
 from seggpt_backend.service.store.prompts import PromptStore
-from tests.e2e_support import build_pictures, check_prediction, logs_on_failure, running_backend, wait_ready
+from tests.e2e_support import build_pictures, check_prediction, logs_on_failure, running_backend
 from tests.labelstudio_server import LabelStudio, label_studio  # noqa: F401
 from tests.service_support import LABEL_CONFIG, brush_result, redis_url, wait_for
 
@@ -32,11 +32,11 @@ def test_start_training_records_a_run_and_the_next_predictions_carry_the_new_ver
     pics = build_pictures(tmp_path)
     tune = {"SEGGPT_TUNE_STEPS": "3", "SEGGPT_TUNE_MARGIN": "-1", "SEGGPT_TUNE_BUDGET_S": "60"}
     with (
-        running_backend("redis", ls, tmp_path, worker=False, env_extra=tune) as backend,
+        running_backend(
+            "redis", ls, tmp_path, queues=("interactive", "batch", "tune"), env_extra=tune
+        ) as backend,
         logs_on_failure(backend, ls),
     ):
-        backend.start_worker(queues=("interactive", "batch", "tune"))
-        wait_ready(backend)
         store = PromptStore(RedisKV(redis.Redis.from_url(redis_url()), backend.env["SEGGPT_KEY_PREFIX"]))
         project = ls.create_project(LABEL_CONFIG)
         names = ["q_png", "q_wide", "later", "opened", "q_jpg"]
@@ -44,9 +44,7 @@ def test_start_training_records_a_run_and_the_next_predictions_carry_the_new_ver
         for name in names[:4]:  # 4 accepted annotations with Cat and Dog: 2 to tune, 2 to validate
             ls.annotate(ids[name], brush_result(pics[name].masks))
         ml_id = ls.connect_ml_backend(project, backend.url, is_interactive=True)
-        before = wait_for(
-            lambda: (v := backend.setup(project)) and not v.endswith(".ex-none") and v, timeout=60
-        )
+        before = backend.version_with_examples(project)
 
         r = ls.api.post(f"/api/ml/{ml_id}/train", json={})  # the "Start Training" button
         assert r.status_code < 300, r.text  # the answer may have no JSON body

@@ -77,7 +77,7 @@ def _project(ls: LabelStudio, backend: Backend, images: ImageServer) -> tuple[in
     ids = ls.import_tasks(project, [{"image": u} for u in urls])
     ls.annotate(ids[0], brush_result(images.example_masks))  # type: ignore[attr-defined]
     ls.connect_ml_backend(project, backend.url, is_interactive=True)
-    wait_for(lambda: not backend.setup(project).endswith(".ex-none"), timeout=60)
+    backend.version_with_examples(project)
     return project, ids[1:]
 
 
