@@ -214,6 +214,41 @@ def polygon_result(
     ]
 
 
+# The uploads named by the captured webhook and predict request (ls-captured/): the annotated image
+# first (its RLE is 64 x 48), then three query images.
+CAPTURED_UPLOADS = (
+    "/data/upload/1/69a30967-img0.png",
+    "/data/upload/1/f2681954-img2.png",
+    "/data/upload/1/e09a7363-img3.png",
+    "/data/upload/1/455cb06a-img4.png",
+)
+
+
+def captured_image_server() -> ImageServer:
+    """An :class:`ImageServer` holding :data:`CAPTURED_UPLOADS` (synthetic scenes: 48 x 64, then
+    72 x 96). The caller closes it."""
+    from tests.fixtures import scene
+
+    server = ImageServer()
+    server.add(CAPTURED_UPLOADS[0], png_bytes(scene(48, 64, seed=0)[0]))
+    for i, path in enumerate(CAPTURED_UPLOADS[1:], start=1):
+        server.add(path, png_bytes(scene(72, 96, seed=i)[0]))
+    return server
+
+
+class JobRecorder:
+    """A runner for the in-process job queue that keeps the jobs it is given (``done``: set once
+    the first arrived)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Any] = []
+        self.done = threading.Event()
+
+    def __call__(self, job: Any) -> None:
+        self.jobs.append(job)
+        self.done.set()
+
+
 def annotation_event(
     action: str,
     *,

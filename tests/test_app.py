@@ -17,23 +17,19 @@ from seggpt_backend.service.http.guards import WEBHOOK_SECRET_HEADER
 from seggpt_backend.service.server import create_app
 from seggpt_backend.settings import Settings
 from tests.fixtures import scene
-from tests.service_support import ImageServer, annotation_event, captured, png_bytes, predict_body
-
-UPLOADS = [
-    "/data/upload/1/69a30967-img0.png",
-    "/data/upload/1/f2681954-img2.png",
-    "/data/upload/1/e09a7363-img3.png",
-    "/data/upload/1/455cb06a-img4.png",
-]
+from tests.service_support import (
+    CAPTURED_UPLOADS,
+    ImageServer,
+    annotation_event,
+    captured,
+    captured_image_server,
+    predict_body,
+)
 
 
 @pytest.fixture(scope="module")
 def images():
-    server = ImageServer()
-    # Annotated image of the captured webhook (its RLE is 64 x 48), then the three query images.
-    server.add(UPLOADS[0], png_bytes(scene(48, 64, seed=0)[0]))
-    for i, path in enumerate(UPLOADS[1:], start=1):
-        server.add(path, png_bytes(scene(72, 96, seed=i)[0]))
+    server = captured_image_server()
     yield server
     server.close()
 
@@ -83,7 +79,7 @@ def test_setup_answers_a_version_and_rejects_unsupported_configs(client: TestCli
 
 
 def test_predict_without_examples_returns_empty_predictions_and_a_message(client: TestClient) -> None:
-    body = predict_body(50, [(1, UPLOADS[1]), (2, UPLOADS[2])])
+    body = predict_body(50, [(1, CAPTURED_UPLOADS[1]), (2, CAPTURED_UPLOADS[2])])
     r = client.post("/predict", json=body)
     assert r.status_code == 200
     out = r.json()
@@ -166,11 +162,13 @@ def test_a_corrupt_image_fails_only_its_task(client: TestClient, images: ImageSe
             project=60,
             annotation_id=600,
             task_id=600,
-            image_url=UPLOADS[1],
+            image_url=CAPTURED_UPLOADS[1],
             masks=scene(72, 96, seed=1)[1],
         ),
     )
-    body = predict_body(60, [(601, UPLOADS[2]), (602, "/data/upload/1/corrupt.png"), (603, UPLOADS[3])])
+    body = predict_body(
+        60, [(601, CAPTURED_UPLOADS[2]), (602, "/data/upload/1/corrupt.png"), (603, CAPTURED_UPLOADS[3])]
+    )
     out = client.post("/predict", json=body).json()
     assert out["results"][1] == []
     assert isinstance(out["results"][0], dict) and isinstance(out["results"][2], dict)
@@ -208,7 +206,7 @@ def test_validation_errors_name_the_field(client: TestClient) -> None:
 
 
 def test_metrics_and_openapi(client: TestClient) -> None:
-    client.post("/predict", json=predict_body(50, [(1, UPLOADS[1])]))
+    client.post("/predict", json=predict_body(50, [(1, CAPTURED_UPLOADS[1])]))
     text = client.get("/metrics").text
     assert "# TYPE seggpt_predict_requests_total counter" in text
     assert 'seggpt_predict_requests_total{kind="batch"}' in text

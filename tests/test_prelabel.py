@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from seggpt_backend.service.contract import Job, PredictJob, TaskResult, parse_targets
+from seggpt_backend.service.contract import PredictJob, TaskResult, parse_targets
 from seggpt_backend.service.http import prelabel
 from seggpt_backend.service.http.protocol import Task
 from seggpt_backend.service.http.runtime import Runtime
@@ -20,7 +20,14 @@ from seggpt_backend.service.store.kv import MemoryKV
 from seggpt_backend.service.store.queue import InProcessJobQueue
 from seggpt_backend.settings import Settings
 from tests.fixtures import scene
-from tests.service_support import LABEL_CONFIG, ImageServer, annotation_event, captured, png_bytes
+from tests.service_support import (
+    LABEL_CONFIG,
+    ImageServer,
+    JobRecorder,
+    annotation_event,
+    captured,
+    png_bytes,
+)
 
 V = "seggpt-x.ex-0123456789"
 
@@ -57,16 +64,8 @@ def test_selection_skips_current_predictions_and_follows_only_and_limit() -> Non
         prelabel.select_tasks(tasks, V, only="some")  # type: ignore[arg-type]
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.jobs: list[Job] = []
-
-    def __call__(self, job: Job) -> None:
-        self.jobs.append(job)
-
-
 def test_queue_tasks_enqueues_write_back_chunks_counts_progress_and_forgets_old_failures() -> None:
-    recorder = Recorder()
+    recorder = JobRecorder()
     started = threading.Event()  # the runner waits: jobs stay queued while the test looks
     queue = InProcessJobQueue(recorder, start=started.wait)
     rt = Runtime(Settings.from_env({}, chunk_size=2), MemoryKV(), queue)

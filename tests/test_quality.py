@@ -4,14 +4,13 @@ per-project store (real Redis and memory), the webhook that queues the measureme
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any
 
 import numpy as np
 import pytest
 
 from seggpt_backend.labelstudio.polygon import mask_to_polygons
-from seggpt_backend.service.contract import Job, QualityJob
+from seggpt_backend.service.contract import QualityJob
 from seggpt_backend.service.http.health import quality_gauges
 from seggpt_backend.service.http.protocol import WebhookEvent
 from seggpt_backend.service.http.runtime import Runtime
@@ -22,7 +21,7 @@ from seggpt_backend.service.store.kv import MemoryKV, RedisKV
 from seggpt_backend.service.store.quality import LabelQuality, Measurement, QualityStore, source_of
 from seggpt_backend.service.store.queue import InProcessJobQueue
 from seggpt_backend.settings import Settings
-from tests.service_support import brush_region, captured, cleanup_redis, new_prefix, redis_url
+from tests.service_support import JobRecorder, brush_region, captured, cleanup_redis, new_prefix, redis_url
 
 OURS = "seggpt-demo-1a2b3c.ex-0123456789"
 TUNED = OURS + ".pr-abcdef0123"
@@ -147,16 +146,6 @@ def test_unreadable_entries_are_skipped(kv) -> None:
 
 
 # -------------------------------------------------------------------------------- webhook and job
-class Recorder:
-    def __init__(self) -> None:
-        self.jobs: list[Job] = []
-        self.done = threading.Event()
-
-    def __call__(self, job: Job) -> None:
-        self.jobs.append(job)
-        self.done.set()
-
-
 def _event(**task: Any) -> WebhookEvent:
     body = json.loads(json.dumps(captured("webhook_annotation_created")))
     body["task"].update(task)
@@ -164,7 +153,7 @@ def _event(**task: Any) -> WebhookEvent:
 
 
 def test_a_submission_on_a_predicted_task_queues_a_measurement() -> None:
-    recorder = Recorder()
+    recorder = JobRecorder()
     settings = Settings.from_env({}, label_studio_url="http://ls.invalid:8080")
     rt = Runtime(settings, MemoryKV(), InProcessJobQueue(recorder))
     try:
@@ -176,7 +165,7 @@ def test_a_submission_on_a_predicted_task_queues_a_measurement() -> None:
         assert handle(rt, _event(total_predictions=0))["quality"] is None  # nothing to compare with
     finally:
         rt.close()
-    rt = Runtime(Settings.from_env({}), MemoryKV(), InProcessJobQueue(Recorder()))
+    rt = Runtime(Settings.from_env({}), MemoryKV(), InProcessJobQueue(JobRecorder()))
     try:  # without Label Studio's API the prediction cannot be read
         assert handle(rt, _event(total_predictions=1))["quality"] is None
     finally:
@@ -214,7 +203,7 @@ def test_the_job_records_and_metrics_show_the_rolling_mean() -> None:
         ctx.close()
     (entry,) = QualityStore(kv).entries("9")
     assert entry.prediction_id == 21 and entry.source == "tuned"
-    rt = Runtime(settings, kv, InProcessJobQueue(Recorder()))
+    rt = Runtime(settings, kv, InProcessJobQueue(JobRecorder()))
     try:
         gauges = quality_gauges(rt)
         assert gauges['seggpt_suggestion_iou_rolling{label="Cat",project="9"}'] == pytest.approx(

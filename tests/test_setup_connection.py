@@ -11,20 +11,14 @@ from fastapi.testclient import TestClient
 
 from seggpt_backend.service.server import create_app
 from seggpt_backend.settings import Settings
-from tests.fixtures import scene
-from tests.service_support import ImageServer, captured, png_bytes
+from tests.service_support import CAPTURED_UPLOADS, ImageServer, captured, captured_image_server
 
 TOKEN = "ls-legacy-token-0123456789abcdef01234567"
-UPLOADS = ["/data/upload/1/69a30967-img0.png", "/data/upload/1/f2681954-img2.png",
-           "/data/upload/1/e09a7363-img3.png", "/data/upload/1/455cb06a-img4.png"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def images():
-    server = ImageServer()
-    server.add(UPLOADS[0], png_bytes(scene(48, 64, seed=0)[0]))
-    for i, path in enumerate(UPLOADS[1:], start=1):
-        server.add(path, png_bytes(scene(72, 96, seed=i)[0]))
+    server = captured_image_server()
     yield server
     server.close()
 
@@ -54,7 +48,7 @@ def test_setup_connection_is_enough_to_get_predictions(
     assert [e["model_version"] for e in out["results"]] == [version] * 3
     assert any(e["result"] for e in out["results"]), out["messages"]
     # Images came from the host /setup named, with the token it sent; the token is never logged.
-    assert images.hits.get(UPLOADS[1]) and f"Token {TOKEN}" in images.auth
+    assert images.hits.get(CAPTURED_UPLOADS[1]) and f"Token {TOKEN}" in images.auth
     assert TOKEN not in caplog.text
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 
-from seggpt_backend.service.contract import Job, PredictJob, SyncJob
+from seggpt_backend.service.contract import PredictJob, SyncJob
 from seggpt_backend.service.errors import RequestError
 from seggpt_backend.service.http.protocol import WebhookEvent
 from seggpt_backend.service.http.runtime import Runtime
@@ -16,20 +15,10 @@ from seggpt_backend.service.store.examples import pixels_key
 from seggpt_backend.service.store.kv import MemoryKV
 from seggpt_backend.service.store.queue import InProcessJobQueue
 from seggpt_backend.settings import Settings
-from tests.service_support import captured
+from tests.service_support import JobRecorder, captured
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.jobs: list[Job] = []
-        self.done = threading.Event()
-
-    def __call__(self, job: Job) -> None:
-        self.jobs.append(job)
-        self.done.set()
-
-
-def _runtime(recorder: Recorder, **over) -> Runtime:
+def _runtime(recorder: JobRecorder, **over) -> Runtime:
     return Runtime(Settings.from_env({}, **over), MemoryKV(), InProcessJobQueue(recorder))
 
 
@@ -40,7 +29,7 @@ def _event(name: str, **changes) -> WebhookEvent:
 
 
 def test_created_updated_deleted_cycle() -> None:
-    rt = _runtime(Recorder())
+    rt = _runtime(JobRecorder())
     try:
         out = handle(rt, _event("webhook_annotation_created"))
         assert out["stored"] is True and rt.examples.count("1") == 1
@@ -58,7 +47,7 @@ def test_created_updated_deleted_cycle() -> None:
 
 
 def test_skipped_or_emptied_annotation_stops_being_an_example() -> None:
-    rt = _runtime(Recorder())
+    rt = _runtime(JobRecorder())
     try:
         handle(rt, _event("webhook_annotation_created"))
         body = captured("webhook_annotation_updated")
@@ -70,7 +59,7 @@ def test_skipped_or_emptied_annotation_stops_being_an_example() -> None:
 
 
 def test_unsupported_config_and_missing_project_are_ignored_with_a_reason() -> None:
-    rt = _runtime(Recorder())
+    rt = _runtime(JobRecorder())
     try:
         body = captured("webhook_annotation_created")
         body["project"]["label_config"] = '<View><Image name="image" value="$image"/></View>'
@@ -83,7 +72,7 @@ def test_unsupported_config_and_missing_project_are_ignored_with_a_reason() -> N
 
 
 def test_start_training_resyncs_examples_in_a_queued_job() -> None:
-    rec = Recorder()
+    rec = JobRecorder()
     rt = _runtime(rec, label_studio_url="http://127.0.0.1:9")
     try:
         out = handle(rt, _event("webhook_start_training"))
@@ -94,7 +83,7 @@ def test_start_training_resyncs_examples_in_a_queued_job() -> None:
         assert [(j.project, j.trigger) for j in rec.jobs[1:]] == [("1", "start-training")]
     finally:
         rt.close()
-    rt = _runtime(Recorder())
+    rt = _runtime(JobRecorder())
     try:
         assert "examples come from webhooks only" in handle(rt, _event("webhook_start_training"))["detail"]
     finally:
@@ -102,7 +91,7 @@ def test_start_training_resyncs_examples_in_a_queued_job() -> None:
 
 
 def test_tasks_created_is_ignored_unless_auto_prelabel_is_on() -> None:
-    recorder = Recorder()
+    recorder = JobRecorder()
     rt = _runtime(recorder)
     try:
         out = handle(rt, _event("webhook_tasks_created"))
@@ -113,7 +102,7 @@ def test_tasks_created_is_ignored_unless_auto_prelabel_is_on() -> None:
 
 
 def test_tasks_created_queues_write_back_jobs_with_auto_prelabel_on() -> None:
-    recorder = Recorder()
+    recorder = JobRecorder()
     rt = _runtime(recorder, auto_prelabel=True, label_studio_url="http://ls.test:8080")
     try:
         handle(rt, _event("webhook_annotation_created"))  # an example: there is something to predict from
@@ -129,12 +118,12 @@ def test_tasks_created_queues_write_back_jobs_with_auto_prelabel_on() -> None:
 
 
 def test_tasks_created_without_url_config_or_examples_is_ignored_with_the_reason() -> None:
-    rt = _runtime(Recorder(), auto_prelabel=True)
+    rt = _runtime(JobRecorder(), auto_prelabel=True)
     try:
         assert "LABEL_STUDIO_URL" in handle(rt, _event("webhook_tasks_created"))["reason"]
     finally:
         rt.close()
-    rt = _runtime(Recorder(), auto_prelabel=True, label_studio_url="http://ls.test:8080")
+    rt = _runtime(JobRecorder(), auto_prelabel=True, label_studio_url="http://ls.test:8080")
     try:
         body = captured("webhook_tasks_created")
         body["project"]["label_config"] = '<View><Image name="image" value="$image"/></View>'
